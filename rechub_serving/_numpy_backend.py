@@ -1,0 +1,192 @@
+"""The ``numpy`` backend: exact search, the reference every other backend is checked against.
+
+Scores are computed block by block (a matrix product over at most
+``block_bytes`` of scores at a time), each block reduced to its top-k with a
+partial sort and merged into the running top-k, so memory is bounded by the
+block size, not by n_queries x n_items. Registered through the same hook as
+any plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._base import Builder, Indexer
+from ._capabilities import Capabilities
+from ._ids import IdMap
+from ._metrics import Metric
+from ._params import Param
+from .hookspecs import hookimpl
+
+__all__ = ["NumpyBuilder", "NumpyIndexer", "exact_search"]
+
+
+def exact_search(
+    items: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: Metric,
+    *,
+    block_bytes: int = 64 << 20,
+    item_norms: np.ndarray | None = None,
+    excluded_cols: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of ``queries`` over ``items``: (row positions, distances), best first.
+
+    ``metric`` l2 gives squared distances, ip and cosine give inner products
+    (cosine expects normalised inputs). ``excluded_cols[i]`` lists item rows
+    that query ``i`` must not get; missing results are position -1.
+    """
+    n_items, n_q = len(items), len(queries)
+    k = min(k, n_items)
+    l2 = metric is Metric.L2
+    if l2 and item_norms is None:
+        item_norms = np.einsum("ij,ij->i", items, items)
+    # Blocks: all queries at once when they fit, item blocks sized to the budget.
+    budget = max(1, block_bytes // 4)
+    q_block = max(1, min(n_q, budget // max(k * 4, 1024)))
+    i_block = max(k, min(n_items, budget // q_block))
+    out_pos = np.empty((n_q, k), dtype=np.int64)
+    out_key = np.empty((n_q, k), dtype=np.float32)
+    for qs in range(0, n_q, q_block):
+        q = queries[qs : qs + q_block]
+        best_key = best_pos = None
+        banned = _banned_pairs(excluded_cols, qs, len(q))
+        for start in range(0, n_items, i_block):
+            block = items[start : start + i_block]
+            key = q @ block.T  # higher is better
+            if l2:
+                key *= -2.0
+                key += item_norms[start : start + len(block)]  # lower is better
+            else:
+                np.negative(key, out=key)
+            if banned is not None:
+                rows, cols = banned
+                sel = (cols >= start) & (cols < start + len(block))
+                key[rows[sel], cols[sel] - start] = np.inf
+            if len(block) > k:
+                part = np.argpartition(key, k - 1, axis=1)[:, :k]
+                key = np.take_along_axis(key, part, axis=1)
+                pos = part + start
+            else:
+                pos = np.broadcast_to(np.arange(start, start + len(block)), key.shape)
+            if best_key is None:
+                best_key, best_pos = key, pos
+            else:
+                key = np.concatenate([best_key, key], axis=1)
+                pos = np.concatenate([best_pos, pos], axis=1)
+                part = np.argpartition(key, k - 1, axis=1)[:, :k]
+                best_key = np.take_along_axis(key, part, axis=1)
+                best_pos = np.take_along_axis(pos, part, axis=1)
+        order = np.argsort(best_key, axis=1, kind="stable")
+        out_key[qs : qs + len(q)] = np.take_along_axis(best_key, order, axis=1)
+        out_pos[qs : qs + len(q)] = np.take_along_axis(best_pos, order, axis=1)
+    missing = ~np.isfinite(out_key)
+    if l2:
+        out_key += np.einsum("ij,ij->i", queries, queries)[:, None]
+        np.maximum(out_key, 0.0, out=out_key)  # rounding can dip below zero
+    else:
+        np.negative(out_key, out=out_key)
+    if missing.any():
+        out_pos[missing] = -1
+    return out_pos, out_key
+
+
+def _banned_pairs(excluded: list[np.ndarray] | None, offset: int, n: int):
+    if excluded is None:
+        return None
+    rows = [np.full(len(c), i, np.int64) for i, c in enumerate(excluded[offset : offset + n]) if len(c)]
+    if not rows:
+        return None
+    cols = [c for c in excluded[offset : offset + n] if len(c)]
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+class NumpyIndexer(Indexer):
+    """Vectors in one float32 matrix (optionally memory-mapped); exact search."""
+
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray):
+        self._vectors = vectors
+        self._labels = labels  # row -> label
+        self._norms: np.ndarray | None = None
+        self._row_of: np.ndarray | None = None
+
+    def _state(self):
+        # One tuple read keeps queries consistent while add/remove swap arrays.
+        return self._vectors, self._labels
+
+    def _search(self, queries, k, params, exclude):
+        vectors, labels = self._state()
+        norms = self._norms
+        if self.metric is Metric.L2 and (norms is None or len(norms) != len(vectors)):
+            norms = self._norms = np.einsum("ij,ij->i", vectors, vectors)
+        cols = None
+        if exclude is not None:
+            row_of = self._row_lookup(labels)
+            cols = [row_of[r][row_of[r] >= 0] for r in exclude]
+        pos, dist = exact_search(
+            vectors, queries, k, self.metric, block_bytes=params["block_bytes"], item_norms=norms, excluded_cols=cols
+        )
+        return np.where(pos >= 0, labels[np.maximum(pos, 0)], -1), dist
+
+    def _row_lookup(self, labels: np.ndarray) -> np.ndarray:
+        row_of = self._row_of
+        if row_of is None or len(row_of) <= (labels.max() if len(labels) else 0):
+            row_of = np.full(int(labels.max()) + 1 if len(labels) else 0, -1, np.int64)
+            row_of[labels] = np.arange(len(labels))
+            self._row_of = row_of
+        return row_of
+
+    def _add(self, vectors, labels):
+        self._vectors, self._labels = np.concatenate([self._vectors, vectors]), np.concatenate([self._labels, labels])
+        self._norms = self._row_of = None
+
+    def _remove(self, labels):
+        keep = ~np.isin(self._labels, labels)
+        self._vectors, self._labels = np.ascontiguousarray(self._vectors[keep]), self._labels[keep]
+        self._norms = self._row_of = None
+        return int((~keep).sum())
+
+    def _save(self, directory: Path) -> dict[str, Any]:
+        np.save(directory / "vectors.npy", np.ascontiguousarray(self._vectors), allow_pickle=False)
+        np.save(directory / "labels.npy", self._labels, allow_pickle=False)
+        return {"vectors": "vectors.npy", "labels": "labels.npy"}
+
+    def _engine_count(self) -> int:
+        return len(self._labels)
+
+    def _close(self) -> None:
+        self._vectors = self._labels = self._norms = self._row_of = None  # type: ignore[assignment]
+
+
+class NumpyBuilder(Builder):
+    """Exact search with numpy: no extra dependency, bounded memory."""
+
+    name = "numpy"
+    capabilities = Capabilities(exact=True, add=True, remove=True, native_filter=True, persist=True, mmap=True)
+    params = (
+        Param("block_bytes", int, 64 << 20, "memory budget of one score block, in bytes", minimum=4096, search=True),
+        Param("mmap", bool, False, "memory-map the vectors when loading a saved index", runtime=True),
+    )
+
+    @classmethod
+    def engine_version(cls) -> str:
+        return np.__version__
+
+    def _build(self, vectors: np.ndarray, ids: IdMap) -> NumpyIndexer:
+        return NumpyIndexer(vectors, np.arange(len(vectors), dtype=np.int64))
+
+    def _load(self, directory: Path, manifest: Mapping[str, Any]) -> NumpyIndexer:
+        mode = "r" if self.config["mmap"] else None
+        vectors = np.load(directory / "vectors.npy", mmap_mode=mode, allow_pickle=False)
+        labels = np.load(directory / "labels.npy", allow_pickle=False)
+        return NumpyIndexer(vectors, labels)
+
+
+@hookimpl
+def register_backends(register):
+    register(NumpyBuilder)
