@@ -310,15 +310,22 @@ class Indexer(abc.ABC):
             raise IndexClosedError(f"this {self.backend} index is closed; open it again with open_index() or a builder")
 
     # -- queries -------------------------------------------------------------------
-    def query(self, queries: Any, k: int, *, exclude: Any = None, **search_params: Any) -> QueryResult:
+    def query(
+        self, queries: Any, k: int | None = None, *, exclude: Any = None, top_k: int | None = None, **search_params: Any
+    ) -> QueryResult:
         """Top-``k`` items for each query row, best first.
 
         ``queries`` is (n, d) or a single (d,) vector (numpy, torch or lists).
         ``exclude`` gives, per query row, external ids that must not come back.
         Keyword search parameters (``nprobe``, ``ef_search``, ...) apply to this
         call only. Short rows are padded with id -1 and the worst distance.
+        ``top_k`` is accepted as torch-rechub's name for ``k``.
         """
         self._check_open()
+        if top_k is not None:
+            if k is not None:
+                raise InvalidInputError("give k or top_k, not both")
+            k = top_k
         k = check_k(k)
         q, family, was_vector = as_queries(queries, self._dim)
         if self._metric is Metric.COSINE:

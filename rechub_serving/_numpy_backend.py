@@ -47,7 +47,8 @@ def exact_search(
     if l2 and item_norms is None:
         item_norms = np.einsum("ij,ij->i", items, items)
     # Blocks: all queries at once when they fit, item blocks sized to the budget.
-    budget = max(1, block_bytes // 4)
+    # One score costs 4 bytes plus 8 for the partial sort's int64 position.
+    budget = max(1, block_bytes // 12)
     q_block = max(1, min(n_q, budget // max(k * 4, 1024)))
     i_block = max(k, min(n_items, budget // q_block))
     out_pos = np.empty((n_q, k), dtype=np.int64)

@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmark scripts: timing medians and markdown output."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(name: str, title: str, body: str) -> Path:
+    """Write ``docs/benchmarks/<name>.md`` and return its path."""
+    DOCS.mkdir(parents=True, exist_ok=True)
+    path = DOCS / f"{name}.md"
+    path.write_text(f"# {title}\n\n{body.strip()}\n")
+    return path
