@@ -164,7 +164,8 @@ class Builder(abc.ABC):
                         raise
         if path.is_file():
             indexer = self._adopt(path)
-            indexer._attach(self, indexer._engine_dim(), IdMap.create(None, indexer._engine_count()))
+            ids = IdMap.create(indexer._adopted_ids, indexer._engine_count())
+            indexer._attach(self, indexer._engine_dim(), ids)
             return indexer
         raise NotAnIndexError(f"{path} does not exist; pass the directory written by Indexer.save()")
 
@@ -216,7 +217,12 @@ class Builder(abc.ABC):
         """Load the engine files that :meth:`Indexer._save` wrote into ``directory``."""
 
     def _adopt(self, path: Path) -> Indexer:
-        """Adopt a bare native index file (not a saved directory)."""
+        """Adopt a bare native index file (not a saved directory).
+
+        The engine's rows get labels ``0..n-1``; when the file carries its own
+        ids (a faiss ``IndexIDMap``), set ``indexer._adopted_ids`` to them, in
+        label order, and they become the external ids.
+        """
         raise NotAnIndexError(
             f"{path} is a file, not a rechub-serving index directory, and the {self.name!r} "
             "backend cannot adopt native files"
@@ -247,6 +253,7 @@ class Indexer(abc.ABC):
 
     _closed = False
     _ids: IdMap | None = None
+    _adopted_ids: Any = None
 
     def _attach(self, builder: Builder, dim: int, ids: IdMap | None) -> None:
         self._builder = builder

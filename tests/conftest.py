@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rechub_serving._plugins import _registry
 from rechub_serving.evaluation import clustered_data
+from rechub_serving.testing import reload_plugins
 
 
 @pytest.fixture
@@ -17,6 +17,6 @@ def items() -> np.ndarray:
 @pytest.fixture
 def fresh_registry():
     """Forget loaded plugins before and after the test (env vars take effect)."""
-    _registry.reset()
-    yield _registry
-    _registry.reset()
+    reload_plugins()
+    yield
+    reload_plugins()

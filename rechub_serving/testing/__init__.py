@@ -17,6 +17,14 @@ from __future__ import annotations
 
 from ..evaluation import clustered_data, ground_truth, recall_at_k, true_distances
 from ._conformance import BackendConformance
-from ._plugins import registered_plugin
+from ._plugins import registered_plugin, reload_plugins
 
-__all__ = ["BackendConformance", "clustered_data", "ground_truth", "recall_at_k", "registered_plugin", "true_distances"]
+__all__ = [
+    "BackendConformance",
+    "clustered_data",
+    "ground_truth",
+    "recall_at_k",
+    "registered_plugin",
+    "reload_plugins",
+    "true_distances",
+]

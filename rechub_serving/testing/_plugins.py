@@ -10,7 +10,7 @@ from typing import Any
 from .._plugins import _registry
 from ..hookspecs import hookimpl
 
-__all__ = ["registered_plugin"]
+__all__ = ["registered_plugin", "reload_plugins"]
 
 
 @contextlib.contextmanager
@@ -35,3 +35,12 @@ def registered_plugin(plugin: Any, name: str = "test-plugin") -> Iterator[Any]:
         yield plugin
     finally:
         _registry.unregister_plugin(name)
+
+
+def reload_plugins() -> None:
+    """Forget every loaded plugin; the next use discovers them again.
+
+    Call it after changing ``RECHUB_SERVING_PLUGINS`` or installing a plugin
+    in the running process.
+    """
+    _registry.reset()
