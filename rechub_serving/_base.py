@@ -436,6 +436,16 @@ class Indexer(abc.ABC):
                 self._ids = self._ids.without(labels)
             return len(labels)
 
+    def set_search_defaults(self, **search_params: Any) -> None:
+        """Change the search parameters that queries (and a saved manifest) start from.
+
+        Validated like per-call parameters; use it after tuning. Queries in
+        flight keep the settings they started with.
+        """
+        self._check_open()
+        resolved = resolve_params(self._builder.schema(), search_params, self.backend, search_only=True)
+        self._search_defaults = {**self._search_defaults, **resolved}
+
     def save(self, path: str | Path) -> Path:
         """Save to directory ``path`` atomically (an existing index there is replaced)."""
         self._check_open()

@@ -15,8 +15,16 @@ from rechub_serving._arrays import as_matrix
 
 @pytest.mark.parametrize(
     ("alias", "metric"),
-    [("L2", "l2"), ("euclidean", "l2"), ("IP", "ip"), ("dot", "ip"), ("inner_product", "ip"),
-     ("COSINE", "cosine"), ("angular", "cosine"), (" Cosine ", "cosine")],
+    [
+        ("L2", "l2"),
+        ("euclidean", "l2"),
+        ("IP", "ip"),
+        ("dot", "ip"),
+        ("inner_product", "ip"),
+        ("COSINE", "cosine"),
+        ("angular", "cosine"),
+        (" Cosine ", "cosine"),
+    ],
 )
 def test_metric_aliases(alias, metric):
     assert parse_metric(alias) is Metric(metric)
@@ -171,3 +179,14 @@ def test_public_face_is_explicit():
     assert sorted(rs.__all__) == rs.__all__ or set(rs.__all__) <= set(dir(rs))
     for name in rs.__all__:
         assert hasattr(rs, name), name
+
+
+def test_set_search_defaults_is_validated_and_saved(items, tmp_path):
+    with rs.builder_factory("numpy").from_embeddings(items) as index:
+        index.set_search_defaults(block_bytes=8192)
+        assert index.params["block_bytes"] == 8192
+        with pytest.raises(rs.InvalidParameterError):
+            index.set_search_defaults(metric="ip")
+        index.save(tmp_path / "idx")
+    with rs.open_index(tmp_path / "idx") as loaded:
+        assert loaded.params["block_bytes"] == 8192

@@ -54,6 +54,11 @@ def _check_exists(path: Path, what: str) -> None:
 def _read_dict(path: Path) -> dict[str, Any] | np.ndarray:
     """An .npy array, or the arrays of an .npz / .pt file (a bare tensor comes back as an array)."""
     suffix = path.suffix.lower()
+    magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}.get(suffix)
+    if magic is not None:
+        with open(path, "rb") as fh:
+            if fh.read(len(magic)) != magic:
+                raise CliError(f"{path}: not a readable {suffix} file (no {suffix} header; wrong format or truncated)")
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)

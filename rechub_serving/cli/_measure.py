@@ -267,8 +267,9 @@ def tune_search(
     """Sweep each recall-relevant search parameter (others at their defaults); pick the fastest reaching ``target``.
 
     Each sweep goes up the grid and stops one step after the target is first
-    reached, at recall 1.0, or when recall has not moved for three steps (the
-    parameter does not matter for this configuration).
+    reached, at recall 1.0, or when recall has not moved for three steps past
+    ``4 * k`` (the parameter does not matter for this configuration).
+    ``outcome.swept`` holds the values actually tried.
     """
     outcome = TuneOutcome()
     report = on_point or (lambda _p: None)
@@ -290,9 +291,10 @@ def tune_search(
     base.note = "defaults"
     for param in sweepable_params(schema):
         grid = sweep_grid(param, len(index), k)
-        outcome.swept[param.name] = grid
+        tried = outcome.swept[param.name] = []
         hit_at, flat, last = None, 0, None
         for step, value in enumerate(grid):
+            tried.append(value)
             point = run({param.name: value})
             if point.recall is None:
                 continue
@@ -303,7 +305,8 @@ def tune_search(
             last = point.recall
             if point.recall >= target and hit_at is None:
                 hit_at = step
-            if point.recall >= 1.0 or (hit_at is not None and step > hit_at) or flat >= 3:
+            # Beam widths below k are often raised to k: a plateau counts only past 4 * k.
+            if point.recall >= 1.0 or (hit_at is not None and step > hit_at) or (flat >= 3 and value >= 4 * k):
                 break
     reached = [p for p in outcome.points if p.recall is not None and p.recall >= target]
     outcome.best = max(reached, key=lambda p: p.qps or 0.0) if reached else None

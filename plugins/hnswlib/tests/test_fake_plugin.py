@@ -1,0 +1,105 @@
+"""A plugin registered in-process, nothing installed: how a plugin author tests discovery.
+
+The fake plugin below is a complete backend in about twenty lines (brute force
+over the inner product), written against the public API only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from rechub_serving import Builder, UnknownBackendError, builder_factory, hookimpl, list_backends, list_broken_plugins
+from rechub_serving.testing import registered_plugin
+
+FAKE_PLUGIN = """
+import numpy as np
+from rechub_serving import Builder, Capabilities, Indexer, Metric, Param, hookimpl
+
+class FakeIndexer(Indexer):
+    def __init__(self, vectors):
+        self._vectors = vectors
+    def _search(self, queries, k, params, exclude):
+        scores = queries @ self._vectors.T
+        if self.metric is Metric.L2:
+            scores = 2 * scores - (self._vectors**2).sum(1) - (queries**2).sum(1)[:, None]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(scores, top, axis=1)
+        return top, (-best if self.metric is Metric.L2 else best)
+
+class FakeBuilder(Builder):
+    name = "fake"
+    params = (Param("flavour", str, "vanilla", "does nothing", choices=("vanilla", "mint")),)
+    capabilities = Capabilities(exact=True, persist=False)
+    def _build(self, vectors, ids):
+        return FakeIndexer(vectors)
+    def _load(self, directory, manifest):
+        raise NotImplementedError
+
+@hookimpl
+def register_backends(register):
+    register(FakeBuilder)
+"""
+
+
+def fake_module() -> types.ModuleType:
+    module = types.ModuleType("fake_rechub_plugin")
+    exec(compile(FAKE_PLUGIN, "fake_rechub_plugin.py", "exec"), module.__dict__)
+    return module
+
+
+def test_a_plugin_registered_in_process_works_like_an_installed_one():
+    items = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    with registered_plugin(fake_module(), name="fake-plugin"):
+        assert "fake" in {b.name for b in list_backends()}
+        with builder_factory("fake", metric="l2", flavour="MINT").from_embeddings(
+            items, ids=[f"i{i}" for i in range(50)]
+        ) as index:
+            res = index.query(items[:3], 2, exclude=[["i0"], [], None])
+            assert res.indices[0, 0] != "i0" and res.indices[1, 0] == "i1"
+            with builder_factory("numpy", metric="l2").from_embeddings(items) as ref:
+                np.testing.assert_allclose(
+                    index.query(items, 5).distances, ref.query(items, 5).distances, rtol=1e-4, atol=1e-4
+                )
+    with pytest.raises(UnknownBackendError):
+        builder_factory("fake")
+
+
+def test_a_builder_class_can_be_registered_directly():
+    module = fake_module()
+    with registered_plugin(module.FakeBuilder, name="fake-class"):
+        assert issubclass(builder_factory("fake").__class__, Builder)
+    assert "fake" not in {b.name for b in list_backends()}
+
+
+def _run(code: str, **env: str) -> str:
+    """Plugin discovery happens once per process: a fresh interpreter sees the environment."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True, timeout=60
+    )
+    return out.stdout.strip()
+
+
+def test_environment_variable_restricts_plugins():
+    code = "from rechub_serving import list_backends; print(','.join(b.name for b in list_backends()))"
+    assert "hnswlib" in _run(code).split(",")
+    assert _run(code, RECHUB_SERVING_PLUGINS="").split(",") == ["numpy"]
+    assert "hnswlib" in _run(code, RECHUB_SERVING_PLUGINS="hnswlib").split(",")
+
+
+def test_a_broken_plugin_is_reported_and_the_others_keep_working():
+    class Broken:
+        @staticmethod
+        @hookimpl
+        def register_backends(register):
+            raise RuntimeError("the engine library is too old")
+
+    with registered_plugin(Broken(), name="broken-plugin"):
+        (broken,) = [b for b in list_broken_plugins() if b.plugin == "broken-plugin"]
+        assert "too old" in broken.error
+        assert {"numpy", "hnswlib"} <= {b.name for b in list_backends()}
