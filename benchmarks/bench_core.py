@@ -106,8 +106,9 @@ interleaved runs, ratios are taken run by run on the same machine load.
 ## Peak extra memory of one query batch
 
 {big:,} x 64 items, {nq:,} queries, k = 10; peak of numpy allocations during `query()` (tracemalloc).
-A naive full score matrix would need the "naive" column. The peak is about 3 x `block_bytes`
-(the score block plus the partial sort's int64 positions), whatever the catalogue size.
+A naive full score matrix would need the "naive" column. The peak stays under about
+2 x `block_bytes` (the budget covers the float32 score block and the partial sort's int64
+positions; the running top-k adds a little), whatever the catalogue size.
 
 {markdown_table(["block_bytes MiB", "peak MiB", "naive MiB", "seconds"], memory)}
 

@@ -71,6 +71,7 @@ __all__ = [
     "PluginError",
     "QueryResult",
     "RechubError",
+    "Retriever",
     "UnknownBackendError",
     "UnknownMetricError",
     "UnknownParameterError",
@@ -85,3 +86,12 @@ __all__ = [
     "open_index",
     "parse_metric",
 ]
+
+
+def __getattr__(name: str):
+    # Retriever needs onnxruntime: imported on first use, never by ``import rechub_serving``.
+    if name == "Retriever":
+        from .retriever import Retriever
+
+        return Retriever
+    raise AttributeError(f"module 'rechub_serving' has no attribute {name!r}")

@@ -181,6 +181,7 @@ class Builder(abc.ABC):
             indexer = builder._load(pinned / "engine", manifest)
             idmap = None if indexer.native_ids else IdMap.load(pinned, manifest["ids"])
         indexer._attach(builder, int(manifest["dim"]), idmap)
+        indexer._metadata = dict(manifest.get("metadata") or {})
         if idmap is not None and len(idmap) != manifest["count"]:
             raise NotAnIndexError(f"{path}: the id map holds {len(idmap)} ids, the manifest says {manifest['count']}")
         return indexer
@@ -254,6 +255,7 @@ class Indexer(abc.ABC):
     _closed = False
     _ids: IdMap | None = None
     _adopted_ids: Any = None
+    _metadata: Mapping[str, Any] = {}
 
     def _attach(self, builder: Builder, dim: int, ids: IdMap | None) -> None:
         self._builder = builder
@@ -446,12 +448,23 @@ class Indexer(abc.ABC):
         resolved = resolve_params(self._builder.schema(), search_params, self.backend, search_only=True)
         self._search_defaults = {**self._search_defaults, **resolved}
 
-    def save(self, path: str | Path) -> Path:
-        """Save to directory ``path`` atomically (an existing index there is replaced)."""
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """User metadata saved in the manifest (for example the hash of the model that made the vectors)."""
+        return dict(self._metadata)
+
+    def save(self, path: str | Path, *, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Save to directory ``path`` atomically (an existing index there is replaced).
+
+        ``metadata`` (JSON-serialisable) is merged into :attr:`metadata` and
+        written into the manifest, inside the checksummed directory.
+        """
         self._check_open()
         if not self._capabilities.persist:
             raise UnsupportedOperation(f"the {self.backend} backend cannot save indexes")
         with self._lock:
+            if metadata:
+                self._metadata = {**self._metadata, **metadata}
             return save_index(self, Path(path))
 
     def _describe_config(self) -> str:

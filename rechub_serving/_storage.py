@@ -128,6 +128,7 @@ def save_index(indexer: Indexer, path: Path) -> Path:
             "search_params": indexer._search_defaults,
             "ids": ids_entry,
             "engine": engine_meta,
+            "metadata": dict(indexer._metadata),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "files": files,
         }

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,7 +96,9 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Vocabulary:
         if data.get("offset", OFFSET) != OFFSET:
-            raise InvalidInputError(f"vocabulary {data.get('name')!r} uses offset {data.get('offset')}, expected {OFFSET}")
+            raise InvalidInputError(
+                f"vocabulary {data.get('name')!r} uses offset {data.get('offset')}, expected {OFFSET}"
+            )
         values = data["values"]
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             arr = np.asarray(values, dtype=np.int64)
@@ -140,7 +143,9 @@ def leave_last_out(user: np.ndarray, n_users: int, *, validation: bool = True) -
     return split
 
 
-def build_histories(items: np.ndarray, pos: np.ndarray, rows: np.ndarray, max_len: int, chunk: int = 1 << 16) -> np.ndarray:
+def build_histories(
+    items: np.ndarray, pos: np.ndarray, rows: np.ndarray, max_len: int, chunk: int = 1 << 16
+) -> np.ndarray:
     """The ``max_len`` items before each of ``rows`` (same user), left-padded with ``PAD``.
 
     ``items`` and ``pos`` are per row of a frame sorted by user then time;
@@ -340,7 +345,9 @@ def prepare_match_data(
     ukeys = vocabs[user_col].encode(data.users[user_col].to_numpy())
     for f in user_features[1:]:
         vocabs[f] = Vocabulary.fit(f, data.users[f].to_numpy())
-        user_table[f] = _table(n_users, ukeys[ukeys >= OFFSET], vocabs[f].encode(data.users[f].to_numpy())[ukeys >= OFFSET])
+        user_table[f] = _table(
+            n_users, ukeys[ukeys >= OFFSET], vocabs[f].encode(data.users[f].to_numpy())[ukeys >= OFFSET]
+        )
     item_table = {item_col: np.arange(n_items, dtype=np.int64)}
     ikeys = vocabs[item_col].encode(movies[item_col].to_numpy())
     for f in item_features[1:]:
@@ -352,7 +359,7 @@ def prepare_match_data(
     t0 = time.perf_counter()
     order = np.lexsort((ratings["timestamp"].to_numpy(), user))
     user, item = user[order], item[order]
-    pos, count, starts = _positions(user, n_users)
+    pos, _, starts = _positions(user, n_users)
     split = leave_last_out(user, n_users, validation=validation)
     timings["split"] = time.perf_counter() - t0
 
