@@ -213,3 +213,14 @@ def test_concurrent_reader_process_survives_repeated_saves(items, tmp_path):
     report = json.loads(out)
     assert report["errors"] == 0 and report["loads"] > 1, report
     assert sorted(os.listdir(tmp_path)) == ["idx", "idx.ready", "reader.py", "stop"]
+
+
+def test_metadata_is_saved_in_the_manifest_and_kept_on_resave(items, tmp_path):
+    with rs.builder_factory("numpy").from_embeddings(items) as index:
+        assert index.metadata == {}
+        index.save(tmp_path / "idx", metadata={"model_hash": "abc", "epochs": 3})
+    with rs.open_index(tmp_path / "idx") as loaded:
+        assert loaded.metadata == {"model_hash": "abc", "epochs": 3}
+        loaded.save(tmp_path / "copy")
+    with rs.open_index(tmp_path / "copy") as copy:
+        assert copy.metadata["model_hash"] == "abc"
