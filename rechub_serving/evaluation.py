@@ -17,10 +17,24 @@ from ._numpy_backend import exact_search
 __all__ = ["clustered_data", "ground_truth", "recall_at_k", "true_distances"]
 
 
-def clustered_data(n: int, dim: int, *, n_clusters: int = 32, spread: float = 0.35, seed: int = 0) -> np.ndarray:
-    """``n`` float32 vectors around ``n_clusters`` Gaussian centres (like real embeddings)."""
+def clustered_data(
+    n: int,
+    dim: int,
+    *,
+    n_clusters: int = 32,
+    spread: float = 0.35,
+    seed: int = 0,
+    centres_seed: int | None = None,
+) -> np.ndarray:
+    """``n`` float32 vectors around ``n_clusters`` Gaussian centres (like real embeddings).
+
+    The centres come from ``centres_seed`` (default: ``seed``): queries that
+    look like the catalogue (users near the items they like) share the
+    catalogue's seed as ``centres_seed`` and use another ``seed``.
+    """
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    centre_rng = rng if centres_seed is None else np.random.default_rng(centres_seed)
+    centres = centre_rng.normal(size=(n_clusters, dim)).astype(np.float32)
     which = rng.integers(0, n_clusters, size=n)
     noise = rng.normal(scale=spread, size=(n, dim)).astype(np.float32)
     return np.ascontiguousarray(centres[which] + noise, dtype=np.float32)

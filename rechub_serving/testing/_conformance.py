@@ -61,7 +61,8 @@ class BackendConformance:
         return clustered_data(n or self.n_items, self.dim, seed=seed)
 
     def queries(self, n: int | None = None) -> np.ndarray:
-        return clustered_data(n or self.n_queries, self.dim, seed=1)
+        """Queries around the catalogue's centres (as user vectors are), with their own noise."""
+        return clustered_data(n or self.n_queries, self.dim, seed=1, centres_seed=0)
 
     def build(self, metric: str = "l2", items: np.ndarray | None = None, ids: Any = None, **params: Any) -> Indexer:
         items = self.items() if items is None else items
