@@ -113,6 +113,11 @@ class Builder(abc.ABC):
         return Metric(self.config["metric"])
 
     @property
+    def given_params(self) -> dict[str, Any]:
+        """The parameters the user passed explicitly (canonical names), without defaults."""
+        return dict(self._given)
+
+    @property
     def search_params(self) -> dict[str, Any]:
         """The search parameters (defaults applied) queries start from."""
         return {p.name: self.config[p.name] for p in self.schema() if p.search}

@@ -123,14 +123,14 @@ class FaissIndexer(Indexer):
     def _adopt_identity(self, builder: Builder, ids: IdMap | None) -> tuple[Builder, IdMap | None]:
         """Use the adopted file's metric (and IDMap ids) instead of the builder's defaults."""
         metric, external = self._adopted  # type: ignore[misc]
-        given = builder._given.get("metric")
+        given = builder.given_params.get("metric")
         if given is not None and given != metric and not (given == "cosine" and metric == "ip"):
             raise InvalidParameterError(
                 f"the faiss file uses metric {metric!r}; it cannot be opened as {given!r} "
                 f"(omit metric=, or use metric='cosine' only for an inner-product index of normalised vectors)"
             )
         if given is None:
-            builder = type(builder)(**{**builder._given, "metric": metric})
+            builder = type(builder)(**{**builder.given_params, "metric": metric})
         if external is not None:
             ids = IdMap.create(external, len(external))
         return builder, ids

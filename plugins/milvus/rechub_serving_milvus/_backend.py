@@ -274,13 +274,13 @@ class MilvusBuilder(Builder):
             except ValueError as exc:
                 raise NotAnIndexError(f"{directory / ENGINE_FILE} is not valid JSON ({exc})") from None
         where = engine.get("location") or {}
-        name = self._given.get("collection") or engine.get("collection")
+        name = self.given_params.get("collection") or engine.get("collection")
         if not name:
             raise NotAnIndexError(f"{directory.parent}: the manifest names no Milvus collection")
         cfg = dict(self.config)
-        if not self._given.get("uri") and not self._given.get("path"):
+        if not self.given_params.get("uri") and not self.given_params.get("path"):
             if where.get("kind") == "server":
-                cfg["uri"], cfg["db_name"] = where.get("uri"), self._given.get("db_name") or where.get("db_name")
+                cfg["uri"], cfg["db_name"] = where.get("uri"), self.given_params.get("db_name") or where.get("db_name")
             elif where.get("path"):
                 cfg["path"] = where["path"]
         conn = self._connection(Target.from_config(cfg))
@@ -341,13 +341,13 @@ class MilvusBuilder(Builder):
                     raise BackendError(
                         f"collection {name!r} uses metric {metric_name}, which rechub-serving does not map"
                     )
-                if "metric" in self._given and metric is not self.metric:
+                if "metric" in self.given_params and metric is not self.metric:
                     raise InvalidParameterError(
                         f"collection {name!r} on {conn.target.describe()} is indexed with metric {metric.value}, "
                         f"not {self.metric.value}; omit metric= to use the collection's"
                     )
                 given = {
-                    k: v for k, v in self._given.items() if k not in ("index_type", "nlist", "m", "ef_construction")
+                    k: v for k, v in self.given_params.items() if k not in ("index_type", "nlist", "m", "ef_construction")
                 }
                 settings = {"index_type": index_type if index_type in INDEX_TYPES else "AUTOINDEX", **given}
                 settings["metric"] = metric.value

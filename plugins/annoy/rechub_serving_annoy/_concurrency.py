@@ -1,0 +1,111 @@
+"""Thread-level plumbing: a readers-writer lock and the batch fan-out.
+
+Annoy releases the GIL inside ``get_nns_by_vector``, so a batch of queries
+split over a thread pool uses every core. The engine object itself must not
+be unloaded or remapped while a search runs on it (``AnnoyIndex.save`` and
+``unload`` unmap the nodes), hence the readers-writer lock: searches are
+readers, save and close are writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+
+__all__ = ["QueryPool", "ReadWriteLock", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers (no starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class QueryPool:
+    """Runs ``work(start, stop)`` over row ranges of a batch on up to ``threads`` threads.
+
+    The pool is created on first use and shared by every query of one index,
+    so concurrent callers queue on the same workers instead of multiplying
+    threads. Small batches run on the calling thread.
+    """
+
+    #: rows per thread below which a batch is not worth splitting
+    min_rows_per_thread = 2
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def run(self, n_rows: int, work: Callable[[int, int], None]) -> None:
+        workers = min(self.threads, n_rows // self.min_rows_per_thread)
+        if workers <= 1:
+            work(0, n_rows)
+            return
+        # A few chunks per worker balance rows of uneven cost.
+        n_chunks = min(n_rows, workers * 4)
+        bounds = [n_rows * i // n_chunks for i in range(n_chunks + 1)]
+        futures = [self._pool().submit(work, a, b) for a, b in itertools.pairwise(bounds) if b > a]
+        # Wait for every chunk before raising: no chunk may outlive the caller's read lock.
+        wait(futures)
+        for future in futures:
+            future.result()  # re-raises the first error of a chunk
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rechub-annoy")
+            return self._executor
+
+    def shutdown(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
