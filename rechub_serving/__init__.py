@@ -44,6 +44,7 @@ from ._metrics import Metric, parse_metric
 from ._params import Param
 from ._plugins import BackendInfo, BrokenPlugin, list_backends, list_broken_plugins
 from ._result import QueryResult
+from ._rwlock import ReadWriteLock
 from ._version import __version__
 from .hookspecs import hookimpl
 
@@ -70,6 +71,7 @@ __all__ = [
     "Param",
     "PluginError",
     "QueryResult",
+    "ReadWriteLock",
     "RechubError",
     "Retriever",
     "UnknownBackendError",

@@ -34,9 +34,10 @@ from rechub_serving import (
     Indexer,
     InvalidParameterError,
     NotAnIndexError,
+    ReadWriteLock,
 )
 
-from ._concurrency import QueryPool, ReadWriteLock, usable_cores
+from ._concurrency import QueryPool, usable_cores
 from ._metrics import ANNOY_METRIC, to_table
 from ._params import PARAMS, auto_search_k, default_n_trees, resolve_threads
 
@@ -72,7 +73,7 @@ class AnnoyIndexer(Indexer):
         labels = np.full((n, k), -1, dtype=np.int64)
         raw = np.zeros((n, k), dtype=np.float32)
 
-        with self._rw.reading():
+        with self._rw.shared():
             index = self._index
             if index is None:
                 raise IndexClosedError("this annoy index is closed; open it again with open_index() or a builder")
@@ -91,7 +92,7 @@ class AnnoyIndexer(Indexer):
     # -- persistence ---------------------------------------------------------------
     def _save(self, directory: Path) -> dict[str, Any]:
         target = directory / ENGINE_FILE
-        with self._rw.writing():  # AnnoyIndex.save remaps the index onto the new file
+        with self._rw.exclusive():  # AnnoyIndex.save remaps the index onto the new file
             index = self._require_open()
             if self._on_disk_file is not None:
                 # An on-disk-built index *is* its file; Annoy's save() is a no-op for it.
@@ -111,7 +112,7 @@ class AnnoyIndexer(Indexer):
         }
 
     def _close(self) -> None:
-        with self._rw.writing():  # waits for running queries
+        with self._rw.exclusive():  # waits for running queries
             index, self._index = self._index, None
             if index is not None:
                 index.unload()

@@ -23,7 +23,7 @@ from rechub_serving import (
 from rechub_serving.testing import BackendConformance, clustered_data, ground_truth, recall_at_k, true_distances
 
 from rechub_serving_annoy import AnnoyBuilder, AnnoyIndexer
-from rechub_serving_annoy._concurrency import QueryPool, ReadWriteLock
+from rechub_serving_annoy._concurrency import QueryPool
 from rechub_serving_annoy._metrics import ANNOY_METRIC, to_table
 from rechub_serving_annoy._params import auto_search_k, default_n_trees
 
@@ -207,14 +207,6 @@ def test_query_pool_covers_every_row_once():
 
     with pytest.raises(RuntimeError, match="boom"):
         QueryPool(2).run(10, fail)
-
-
-def test_read_write_lock_excludes_writers_while_reading():
-    lock = ReadWriteLock()
-    with lock.reading(), lock.reading():
-        pass
-    with lock.writing():
-        pass
 
 
 def test_short_engine_rows_are_padded(items, queries):

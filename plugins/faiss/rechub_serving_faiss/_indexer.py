@@ -12,16 +12,13 @@ side, so a search never sees a half-updated index.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from rechub_serving import BackendError, Builder, Capabilities, IdMap, Indexer, InvalidParameterError
+from rechub_serving import BackendError, Builder, Capabilities, IdMap, Indexer, InvalidParameterError, ReadWriteLock
 
 from ._engine import EngineInfo, exclusion_selector, inspect_index, search_parameters
 
@@ -30,51 +27,6 @@ __all__ = ["INDEX_FILE", "FaissIndexer"]
 logger = logging.getLogger("rechub_serving.faiss")
 
 INDEX_FILE = "index.faiss"
-
-
-class _RWLock:
-    """Many readers or one writer; the read side costs two uncontended lock round trips."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    def acquire_read(self) -> None:
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if not self._readers and self._writers_waiting:
-                self._cond.notify_all()
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        self.acquire_read()
-        try:
-            yield
-        finally:
-            self.release_read()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
 
 class FaissIndexer(Indexer):
@@ -98,7 +50,7 @@ class FaissIndexer(Indexer):
         self._info: EngineInfo = inspect_index(index)
         self._resolved = dict(resolved or {})
         self._adopted = adopted
-        self._rw = _RWLock()
+        self._rw = ReadWriteLock()
         if self._info.ivf is not None:
             self._resolved.setdefault("nlist", int(self._info.ivf.nlist))
             self._resolved.setdefault("nprobe", int(self._info.ivf.nprobe))
@@ -185,14 +137,14 @@ class FaissIndexer(Indexer):
         )
         sp = None if native else search_parameters(info, nprobe, ef, selector)
         rw = self._rw
-        rw.acquire_read()  # explicit acquire/release: this is the per-query hot path
+        rw.acquire_shared()  # explicit acquire/release: this is the per-query hot path
         try:
             index = self._gpu_index if self._gpu_index is not None else self._index
             if index is None:  # closed concurrently; the core reports use-after-close
                 raise BackendError("the faiss index was closed during the search")
             dist, labels = index.search(queries, k) if sp is None else index.search(queries, k, params=sp)
         finally:
-            rw.release_read()
+            rw.release_shared()
         return labels, dist
 
     def _ntotal(self) -> int:
@@ -200,7 +152,7 @@ class FaissIndexer(Indexer):
 
     # -- mutation ------------------------------------------------------------------
     def _add(self, vectors: np.ndarray, labels: np.ndarray | None) -> None:
-        with self._rw.write():
+        with self._rw.exclusive():
             index = self._index
             start = int(index.ntotal)
             if labels is None:
@@ -220,7 +172,7 @@ class FaissIndexer(Indexer):
             self._sync_gpu()
 
     def _remove(self, labels: np.ndarray) -> int:
-        with self._rw.write():
+        with self._rw.exclusive():
             try:
                 removed = int(self._index.remove_ids(np.ascontiguousarray(labels, dtype=np.int64)))
             except RuntimeError as exc:
@@ -235,7 +187,7 @@ class FaissIndexer(Indexer):
 
     # -- persistence ---------------------------------------------------------------
     def _save(self, directory: Path) -> dict[str, Any]:
-        with self._rw.read():
+        with self._rw.shared():
             faiss.write_index(self._index, str(directory / INDEX_FILE))
         return {"file": INDEX_FILE, "resolved": self._resolved, "faiss_class": type(self._index).__name__}
 
@@ -246,7 +198,7 @@ class FaissIndexer(Indexer):
         return int(self._index.d)
 
     def _close(self) -> None:
-        with self._rw.write():
+        with self._rw.exclusive():
             self._index = self._gpu_index = None
 
 

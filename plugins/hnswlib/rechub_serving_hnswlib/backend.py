@@ -42,10 +42,10 @@ from rechub_serving import (
     Metric,
     NotAnIndexError,
     Param,
+    ReadWriteLock,
 )
 
 from ._native import NativeHeader, read_native_header
-from ._rwlock import ReadWriteLock
 
 __all__ = ["HnswlibBuilder", "HnswlibIndexer"]
 

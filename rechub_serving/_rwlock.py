@@ -1,10 +1,9 @@
-"""A small readers-writer lock: many searches at once, one mutation alone.
+"""A readers-writer lock for engines: many searches at once, one mutation alone.
 
-hnswlib searches may run concurrently (``knn_query`` releases the GIL), but
-``resize_index`` reallocates the graph under them and ``mark_deleted`` changes
-what a running search may return. Searches take the shared side, add and
-remove the exclusive side. Writers have priority, so a stream of queries cannot
-starve an ``add``.
+Most engines search concurrently (their search releases the GIL) but must not
+be resized, remapped, saved or closed under a running search. Searches take
+the shared side, mutations the exclusive side. A waiting writer blocks new
+readers, so a stream of queries cannot starve an ``add``.
 """
 
 from __future__ import annotations
@@ -25,22 +24,31 @@ class ReadWriteLock:
         self._writer = False
         self._writers_waiting = 0
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
+    def acquire_shared(self) -> None:
+        """Take the shared side (prefer :meth:`shared`; this is for hot paths)."""
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the shared side for the ``with`` block (searches)."""
+        self.acquire_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+            self.release_shared()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
+        """Hold the exclusive side for the ``with`` block (add, remove, save, close)."""
         with self._cond:
             self._writers_waiting += 1
             try:
