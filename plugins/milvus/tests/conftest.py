@@ -97,6 +97,23 @@ class MilvusServerHandle:
                 self.stop()
                 log = (self.data_dir / "launcher.log").read_text(errors="replace")[-3000:]
                 pytest.fail(f"the Milvus test server did not start within {START_TIMEOUT}s:\n{log}")
+        self.wait_until_serving(deadline)
+
+    def wait_until_serving(self, deadline: float) -> None:
+        """After READY, wait until a client gets an answer (a loaded machine may take a while)."""
+        from pymilvus import MilvusClient
+
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                client = MilvusClient(uri=self.uri, token=self.token, timeout=5)
+                client.get_server_version(timeout=5)
+                client.close()
+                return
+            except Exception as exc:  # not serving yet
+                last = exc
+                time.sleep(1)
+        pytest.fail(f"the Milvus test server started but did not answer within {START_TIMEOUT}s: {last}")
 
     def stop(self) -> None:
         """Stop the server process (gracefully, so that it can be restarted on the same data)."""
