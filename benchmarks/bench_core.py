@@ -35,16 +35,21 @@ def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, repeats: int) -> li
         index = rs.builder_factory("numpy", metric=metric).from_embeddings(items)
         ratios, ours_t, faiss_t = [], [], []
         for _ in range(repeats):  # interleaved, so both see the same machine load
-            f = median_time(lambda: raw.search(queries, k), repeats=1)
-            o = median_time(lambda: index.query(queries, k), repeats=1)
+            f = median_time(lambda raw=raw: raw.search(queries, k), repeats=1)
+            o = median_time(lambda index=index: index.query(queries, k), repeats=1)
             ratios.append(o / f)
             ours_t.append(o)
             faiss_t.append(f)
         _, truth = raw.search(queries, k)
         same = float((np.asarray(index.query(queries, k).indices) == truth).mean())
         rows.append(
-            [metric, f"{statistics.median(faiss_t) * 1e3:.0f}", f"{statistics.median(ours_t) * 1e3:.0f}",
-             f"{statistics.median(ratios):.2f}x", f"{same:.4f}"]
+            [
+                metric,
+                f"{statistics.median(faiss_t) * 1e3:.0f}",
+                f"{statistics.median(ours_t) * 1e3:.0f}",
+                f"{statistics.median(ratios):.2f}x",
+                f"{same:.4f}",
+            ]
         )
         index.close()
     return rows
@@ -77,7 +82,9 @@ def bench_import(repeats: int) -> tuple[float, list[str]]:
     )
     times, heavy = [], []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(
+            "\n"
+        )
         times.append(float(out[0]))
         heavy = [m for m in out[1].split(",") if m]
     return statistics.median(times), heavy
@@ -94,7 +101,7 @@ def main() -> None:
     import_s, heavy = bench_import(args.repeats)
     body = f"""
 Machine: {platform.machine()}, {platform.python_version()}, numpy {np.__version__}. Measured by
-`python benchmarks/bench_core.py{' --quick' if args.quick else ''}`; times are medians of {args.repeats}
+`python benchmarks/bench_core.py{" --quick" if args.quick else ""}`; times are medians of {args.repeats}
 interleaved runs, ratios are taken run by run on the same machine load.
 
 ## Exact top-10: numpy backend vs faiss `IndexFlat`
@@ -115,7 +122,7 @@ positions; the running top-k adds a little), whatever the catalogue size.
 ## Import cost
 
 `import rechub_serving` in a fresh interpreter: median {import_s * 1e3:.0f} ms (goal < 300 ms).
-Heavy modules imported by it: {', '.join(heavy) or 'none'} (goal: none of torch or an engine library).
+Heavy modules imported by it: {", ".join(heavy) or "none"} (goal: none of torch or an engine library).
 """
     path = write_report("core", "Core benchmarks", body)
     print(body)

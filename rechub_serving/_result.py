@@ -35,6 +35,10 @@ class QueryResult:
         yield self.indices
         yield self.distances
 
+    def __getitem__(self, i: int) -> Any:
+        """``res[0]`` is the ids, ``res[1]`` the distances (as torch-rechub's tuple)."""
+        return (self.indices, self.distances)[i]
+
     def __len__(self) -> int:
         return len(self.distances)
 

@@ -190,3 +190,11 @@ def test_set_search_defaults_is_validated_and_saved(items, tmp_path):
         index.save(tmp_path / "idx")
     with rs.open_index(tmp_path / "idx") as loaded:
         assert loaded.params["block_bytes"] == 8192
+
+
+def test_query_result_indexes_like_a_pair(items):
+    with rs.builder_factory("numpy").from_embeddings(items) as index:
+        res = index.query(items[:2], 3)
+        assert res[0] is res.indices and res[1] is res.distances
+        with pytest.raises(IndexError):
+            res[2]

@@ -347,7 +347,9 @@ class MilvusBuilder(Builder):
                         f"not {self.metric.value}; omit metric= to use the collection's"
                     )
                 given = {
-                    k: v for k, v in self.given_params.items() if k not in ("index_type", "nlist", "m", "ef_construction")
+                    k: v
+                    for k, v in self.given_params.items()
+                    if k not in ("index_type", "nlist", "m", "ef_construction")
                 }
                 settings = {"index_type": index_type if index_type in INDEX_TYPES else "AUTOINDEX", **given}
                 settings["metric"] = metric.value
