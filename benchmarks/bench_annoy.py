@@ -223,7 +223,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     items = clustered_data(args.n, args.dim, seed=0)
-    queries = clustered_data(args.queries, args.dim, seed=1)
+    queries = clustered_data(args.queries, args.dim, seed=1, centres_seed=0)  # users near the catalogue
     report = Report()
     with tempfile.TemporaryDirectory(prefix="bench-annoy-") as tmp:
         paths = [bench_metric(m, items, queries, args.k, Path(tmp), report) for m in args.metrics.split(",")]

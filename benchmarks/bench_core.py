@@ -27,7 +27,7 @@ def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, repeats: int) -> li
     import faiss
 
     items = clustered_data(n, dim, seed=0)
-    queries = clustered_data(n_queries, dim, seed=1)
+    queries = clustered_data(n_queries, dim, seed=1, centres_seed=0)
     rows = []
     for metric, flat in (("l2", faiss.IndexFlatL2), ("ip", faiss.IndexFlatIP)):
         raw = flat(dim)
@@ -57,7 +57,7 @@ def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, repeats: int) -> li
 
 def bench_memory(n: int, dim: int, n_queries: int, k: int) -> list[list[object]]:
     items = clustered_data(n, dim, seed=0)
-    queries = clustered_data(n_queries, dim, seed=1)
+    queries = clustered_data(n_queries, dim, seed=1, centres_seed=0)
     rows = []
     for block_mb in (16, 64, 256):
         index = rs.builder_factory("numpy", metric="l2", block_bytes=block_mb << 20).from_embeddings(items)

@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
 
     items = clustered_data(args.n, args.dim, seed=0)
-    queries = clustered_data(args.queries, args.dim, seed=1)
+    queries = clustered_data(args.queries, args.dim, seed=1, centres_seed=0)  # users near the catalogue
     truth, _ = ground_truth(items, queries, K, "cosine")
     tmp = Path(tempfile.mkdtemp(prefix="rechub-milvus-lite-bench-"))
     results, notes = [], []

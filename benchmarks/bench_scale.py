@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     data_mem: dict[str, float] = {}
     with sampler.phase(data_mem):
         items = clustered_data(args.n, args.dim, seed=0)
-        queries = clustered_data(args.queries, args.dim, seed=1)
+        queries = clustered_data(args.queries, args.dim, seed=1, centres_seed=0)  # users near the catalogue
     print(f"data {items.shape}: {items.nbytes / MiB:.0f} MiB", flush=True)
 
     start = time.perf_counter()

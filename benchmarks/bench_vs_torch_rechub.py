@@ -307,7 +307,7 @@ def distance_rows(dim: int) -> list[list[str]]:
     from torch_rechub.serving import builder_factory as trh_factory
 
     items_np = clustered_data(2000, dim, seed=5)
-    queries_np = clustered_data(20, dim, seed=6)
+    queries_np = clustered_data(20, dim, seed=6, centres_seed=5)
     items, queries = torch.from_numpy(items_np), torch.from_numpy(queries_np)
     cases = [
         ("faiss L2 / l2", ("faiss", {"metric": "L2"}), ("faiss", {"metric": "l2"}), "l2", "squared L2", lambda d: d),
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
 
     load_start = os.getloadavg()
     items_np = clustered_data(args.n, args.dim, seed=0)
-    queries_np = clustered_data(args.queries, args.dim, seed=1)
+    queries_np = clustered_data(args.queries, args.dim, seed=1, centres_seed=0)  # users near the catalogue
     items, queries = torch.from_numpy(items_np), torch.from_numpy(queries_np)
     truths: dict[str, np.ndarray] = {}
 

@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     items = clustered_data(args.items, args.dim, seed=0)
-    queries = clustered_data(args.queries, args.dim, seed=1)
+    queries = clustered_data(args.queries, args.dim, seed=1, centres_seed=0)  # users near the catalogue
     rng = np.random.default_rng(2)
     truth, _ = ground_truth(items, queries, 1000, "l2")
     print(
