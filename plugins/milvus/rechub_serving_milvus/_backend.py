@@ -121,8 +121,10 @@ class MilvusBuilder(Builder):
         Param(
             "consistency",
             str,
-            "Strong",
-            "Milvus consistency level of the collection and its searches",
+            None,
+            "Milvus consistency level of searches (default: Strong for the first search after a build, "
+            "attach, add or remove, so writes are always visible; Bounded otherwise, which skips the "
+            "server's wait for the next time tick)",
             aliases=("consistency_level",),
             choices=("Strong", "Session", "Bounded", "Eventually"),
         ),
@@ -260,7 +262,7 @@ class MilvusBuilder(Builder):
             client.create_collection,
             name,
             schema=schema,
-            consistency_level=self.config["consistency"],
+            consistency_level=self.config["consistency"] or "Bounded",
             collection=name,
         )
         logger.info("created collection %r on %s", name, conn.target.describe())
@@ -649,6 +651,7 @@ class MilvusIndexer(Indexer):
         self._temporary = temporary
         self._next_id = next_id
         self._pk, self._vector_field = fields
+        self._fresh_writes = True  # the first search waits for every write (Strong)
 
     @property
     def location(self) -> str:
@@ -712,6 +715,8 @@ class MilvusIndexer(Indexer):
         step = max(1, min(MAX_NQ, MESSAGE_BYTES // max(1, queries.shape[1] * 4), max(1, MAX_NQ * 16 // max(k, 1))))
         client = self._conn.client
         consistency = self._builder.config["consistency"]
+        if consistency is None:
+            consistency = "Strong" if self._fresh_writes else "Bounded"
         for start in range(0, n, step):
             batch = queries[start : start + step]
             result = self._conn.call(
@@ -732,6 +737,8 @@ class MilvusIndexer(Indexer):
                 if got:
                     out_ids[start + j, :got] = list(hits.ids[:k])
                     out_dist[start + j, :got] = np.asarray(hits.distances[:k], dtype=np.float32)
+        if consistency == "Strong":
+            self._fresh_writes = False
         if self.metric is Metric.L2:
             np.maximum(out_dist, 0.0, out=out_dist)
         return out_ids, out_dist
@@ -795,6 +802,7 @@ class MilvusIndexer(Indexer):
             self._conn, self.collection, vectors, ids, cfg["batch_size"], cfg["progress"], self._pk, self._vector_field
         )
         self._count += len(ids)
+        self._fresh_writes = True
         if self._kind == "int" and len(ids):
             self._next_id = max(self._next_id or 0, int(ids.max()) + 1)
 
@@ -814,6 +822,7 @@ class MilvusIndexer(Indexer):
                     collection=self.collection,
                 )
             self._count -= len(found)
+            self._fresh_writes = True
         return len(found)
 
     def upsert(self, embeddings: Any, ids: Any) -> None:
