@@ -29,9 +29,10 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(name: str, title: str, body: str) -> Path:
-    """Write ``docs/benchmarks/<name>.md`` and return its path."""
-    DOCS.mkdir(parents=True, exist_ok=True)
-    path = DOCS / f"{name}.md"
+def write_report(name: str, title: str, body: str, out: str | Path | None = None) -> Path:
+    """Write ``<out or docs/benchmarks>/<name>.md`` and return its path."""
+    directory = DOCS if out is None else Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.md"
     path.write_text(f"# {title}\n\n{body.strip()}\n")
     return path

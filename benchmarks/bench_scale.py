@@ -162,12 +162,7 @@ def _times(fn, repeats: int) -> list[float]:
 
 
 def write(body: str, out: str | None) -> Path:
-    if out is None:
-        return write_report(REPORT, TITLE, body)
-    path = Path(out) / f"{REPORT}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {TITLE}\n\n{body.strip()}\n")
-    return path
+    return write_report(REPORT, TITLE, body, out)
 
 
 def main(argv: list[str] | None = None) -> None:
