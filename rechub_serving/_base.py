@@ -363,9 +363,21 @@ class Indexer(abc.ABC):
             return np.full((len(q), 0), -1, np.int64), np.zeros((len(q), 0), np.float32)
         if rows is None or self._capabilities.native_filter:
             return self._search(q, min(k, count), params, rows)
-        extra = max((len(r) for r in rows), default=0)
-        labels, dist = self._search(q, min(k + extra, count), params, None)
-        return _drop_excluded(labels, dist, rows, self._metric)
+        return self._overfetch_search(q, k, params, rows, count)
+
+    def _overfetch_search(
+        self, queries: np.ndarray, k: int, params: dict[str, Any], exclude: list[np.ndarray], count: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search without the engine's filter: fetch ``k`` plus the longest exclusion list, drop excluded.
+
+        The core uses it for backends without ``native_filter``; a backend that has
+        one may call it from ``_search`` for the calls its filter cannot serve well
+        (for example many different exclusion lists in one batch).
+        """
+        count = len(self) if count is None else count
+        extra = max((len(r) for r in exclude), default=0)
+        labels, dist = self._search(queries, min(k + extra, count), params, None)
+        return _drop_excluded(labels, dist, exclude, self._metric)
 
     def _finish(self, labels: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cut or pad to k columns; padding slots get the worst distance."""

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -67,12 +68,19 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
+@functools.cache
+def _renameat2() -> Any:
+    """libc's renameat2, looked up once; None where there is none."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
     at_fdcwd, rename_exchange = -100, 2
     rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)

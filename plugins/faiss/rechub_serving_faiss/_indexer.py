@@ -119,10 +119,8 @@ class FaissIndexer(Indexer):
         if all(r is first or np.array_equal(r, first) for r in exclude[1:]):
             # One exclusion set for the whole batch: one search with an id selector.
             return self._engine_search(queries, k, params, exclusion_selector(first))
-        # Rows differ and a faiss selector is per call: over-fetch once and drop.
-        extra = max(len(r) for r in exclude)
-        labels, dist = self._engine_search(queries, min(k + extra, self._ntotal()), params, None)
-        return _drop_rows(labels, dist, exclude, k, self.metric.pad_distance)
+        # Rows differ and a faiss selector is per call: the core's over-fetch and drop.
+        return self._overfetch_search(queries, k, params, exclude)
 
     def _engine_search(self, queries: np.ndarray, k: int, params: dict[str, Any], selector: Any):
         info = self._info
@@ -200,20 +198,6 @@ class FaissIndexer(Indexer):
     def _close(self) -> None:
         with self._rw.exclusive():
             self._index = self._gpu_index = None
-
-
-def _drop_rows(labels: np.ndarray, dist: np.ndarray, rows: list[np.ndarray], k: int, pad: float):
-    """Drop each row's excluded labels from over-fetched results, keep order, cut to ``k``."""
-    out_l = np.full((len(labels), k), -1, dtype=np.int64)
-    out_d = np.full((len(labels), k), pad, dtype=np.float32)
-    for i, row in enumerate(rows):
-        keep = labels[i] >= 0
-        if len(row):
-            keep &= ~np.isin(labels[i], row)
-        kept_l, kept_d = labels[i][keep][:k], dist[i][keep][:k]
-        out_l[i, : len(kept_l)] = kept_l
-        out_d[i, : len(kept_d)] = kept_d
-    return out_l, out_d
 
 
 def _first_line(exc: BaseException) -> str:

@@ -610,18 +610,6 @@ def _insert(
             bar.close()
 
 
-def _drop(ids: np.ndarray, dist: np.ndarray, banned: list[set], kind: str, metric: Metric):
-    """Remove each row's banned ids from over-fetched results, keeping order; pad the tail."""
-    pad = None if kind == "str" else -1
-    out_ids = np.full(ids.shape, pad, dtype=ids.dtype)
-    out_dist = np.full(dist.shape, metric.pad_distance, dtype=np.float32)
-    for i, row in enumerate(ids):
-        keep = [j for j, v in enumerate(row.tolist()) if v is not None and v != -1 and v not in banned[i]]
-        out_ids[i, : len(keep)] = row[keep]
-        out_dist[i, : len(keep)] = dist[i, keep]
-    return out_ids, out_dist
-
-
 def _literal(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else str(int(value))
 
@@ -672,40 +660,34 @@ class MilvusIndexer(Indexer):
         if k > MAX_TOPK:
             raise InvalidInputError(f"Milvus returns at most {MAX_TOPK} results per query; k={k} is too large")
         search = self._spec.search_params(params, k)
+        plan = self._plan(exclude, k, len(queries))
+        if plan is None:
+            return self._overfetch_search(queries, k, params, exclude)
+        if len(plan) == 1 and len(plan[0][0]) == len(queries):
+            return self._search_rows(queries, k, search, plan[0][2])
         n = len(queries)
         labels = np.full((n, k), None if self._kind == "str" else -1, dtype=object if self._kind == "str" else np.int64)
         dist = np.full((n, k), self.metric.pad_distance, dtype=np.float32)
-        groups = self._plan(exclude, k, n)
-        for rows, fetch, expr, drop in groups:
-            got_ids, got_dist = self._search_rows(queries[rows], fetch, search, expr)
-            if drop is not None:
-                got_ids, got_dist = _drop(
-                    got_ids, got_dist, [drop[i] for i in range(len(rows))], self._kind, self.metric
-                )
-            labels[rows] = got_ids[:, :k]
-            dist[rows] = got_dist[:, :k]
+        for rows, limit, expr in plan:
+            labels[rows], dist[rows] = self._search_rows(queries[rows], limit, search, expr)
         return labels, dist
 
     def _plan(self, exclude, k, n):
-        """Requests to make: (rows, limit, filter expression, rows' exclusion sets for dropping)."""
-        everyone = np.arange(n)
+        """Requests to make, as (rows, limit, filter expression); None: over-fetch and drop instead."""
         if exclude is None or not any(len(r) for r in exclude):
-            return [(everyone, k, "", None)]
-        keys = [tuple(sorted(r.tolist())) for r in exclude]
+            return [(np.arange(n), k, "")]
         distinct: dict[tuple, list[int]] = {}
-        for i, key in enumerate(keys):
-            distinct.setdefault(key, []).append(i)
+        for i, row in enumerate(exclude):
+            distinct.setdefault(tuple(sorted(row.tolist())), []).append(i)
         extra = max(len(key) for key in distinct)
         # A filter is one expression per request: cheap when few distinct exclusion lists
         # (one user per request); over-fetching serves many different lists in one request.
-        if len(distinct) <= 4 or k + extra > min(MAX_TOPK, self._count):
-            plan = []
-            for key, rows in distinct.items():
-                expr = f"{self._pk} not in [{', '.join(_literal(v) for v in key)}]" if key else ""
-                plan.append((np.asarray(rows), k, expr, None))
-            return plan
-        fetch = min(k + extra, self._count)
-        return [(everyone, fetch, "", [set(key) for key in keys])]
+        if len(distinct) > 4 and k + extra <= min(MAX_TOPK, self._count):
+            return None
+        return [
+            (np.asarray(rows), k, f"{self._pk} not in [{', '.join(_literal(v) for v in key)}]" if key else "")
+            for key, rows in distinct.items()
+        ]
 
     def _search_rows(self, queries: np.ndarray, k: int, search: dict, expr: str):
         n = len(queries)
