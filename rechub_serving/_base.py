@@ -297,6 +297,13 @@ class Indexer(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def id_kind(self) -> str:
+        """``"int"`` or ``"str"``: the type of this index's external ids."""
+        if self._ids is not None:
+            return self._ids.kind
+        return getattr(self, "_kind", "int")
+
     def __len__(self) -> int:
         self._check_open()
         return len(self._ids) if self._ids is not None else self._engine_count()

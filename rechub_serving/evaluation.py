@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ._arrays import normalize_rows
+from ._exact import exact_search
 from ._metrics import Metric, parse_metric
-from ._numpy_backend import exact_search
 
 __all__ = ["clustered_data", "ground_truth", "recall_at_k", "true_distances"]
 

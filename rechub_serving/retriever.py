@@ -312,10 +312,9 @@ class Retriever:
 
     def _index_ids(self, row: list[Any]) -> list[Any]:
         """Keep only ids of the index's type (a str id never matches an int index and vice versa)."""
-        ids = self.index._ids
-        if ids is None or not row:
+        if not row:
             return row
-        want_str = ids.ids.dtype == object if hasattr(ids, "ids") else False
+        want_str = self.index.id_kind == "str"
         return [v for v in row if isinstance(v, str) == want_str and not isinstance(v, bool)]
 
     # -- lifecycle -------------------------------------------------------------------------------
