@@ -15,8 +15,9 @@ Distances follow one table on every backend: ``l2`` squared Euclidean
 from __future__ import annotations
 
 from ._arrays import normalize_rows
-from ._base import Builder, Indexer
+from ._builder import Builder
 from ._capabilities import Capabilities
+from ._engine import Adopted, Backend, BackendConfig, Engine, EngineFiles, RawDistance
 from ._errors import (
     BackendError,
     BackendMismatchError,
@@ -26,6 +27,7 @@ from ._errors import (
     DuplicateIdError,
     IndexClosedError,
     IndexFormatError,
+    IndexWriteError,
     InvalidInputError,
     InvalidParameterError,
     MissingPluginError,
@@ -39,16 +41,28 @@ from ._errors import (
     UnsupportedOperation,
 )
 from ._factory import builder_factory, open_index
-from ._ids import IdMap
+from ._indexer import Indexer
 from ._metrics import Metric, parse_metric
 from ._params import Param
-from ._plugins import BackendInfo, BrokenPlugin, list_backends, list_broken_plugins
+from ._plugins import (
+    BackendInfo,
+    BrokenPlugin,
+    get_backend,
+    list_backends,
+    list_broken_plugins,
+    register_plugin,
+    reload_plugins,
+    unregister_plugin,
+)
 from ._result import QueryResult
-from ._rwlock import ReadWriteLock
+from ._storage import is_index_dir, read_manifest
 from ._version import __version__
 from .hookspecs import hookimpl
 
 __all__ = [
+    "Adopted",
+    "Backend",
+    "BackendConfig",
     "BackendError",
     "BackendInfo",
     "BackendMismatchError",
@@ -59,9 +73,11 @@ __all__ = [
     "ChecksumMismatchError",
     "DimensionMismatchError",
     "DuplicateIdError",
-    "IdMap",
+    "Engine",
+    "EngineFiles",
     "IndexClosedError",
     "IndexFormatError",
+    "IndexWriteError",
     "Indexer",
     "InvalidInputError",
     "InvalidParameterError",
@@ -71,7 +87,7 @@ __all__ = [
     "Param",
     "PluginError",
     "QueryResult",
-    "ReadWriteLock",
+    "RawDistance",
     "RechubError",
     "Retriever",
     "UnknownBackendError",
@@ -81,12 +97,18 @@ __all__ = [
     "UnsupportedOperation",
     "__version__",
     "builder_factory",
+    "get_backend",
     "hookimpl",
+    "is_index_dir",
     "list_backends",
     "list_broken_plugins",
     "normalize_rows",
     "open_index",
     "parse_metric",
+    "read_manifest",
+    "register_plugin",
+    "reload_plugins",
+    "unregister_plugin",
 ]
 
 

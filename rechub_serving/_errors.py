@@ -17,6 +17,7 @@ __all__ = [
     "DuplicateIdError",
     "IndexClosedError",
     "IndexFormatError",
+    "IndexWriteError",
     "InvalidInputError",
     "InvalidParameterError",
     "MissingPluginError",
@@ -97,6 +98,10 @@ class ChecksumMismatchError(IndexFormatError):
 
 class BackendMismatchError(IndexFormatError):
     """The saved index was written by another backend than the builder's."""
+
+
+class IndexWriteError(RechubError, OSError):
+    """A save could not be written (a full disk, no permission); an index saved there before is unchanged."""
 
 
 class BackendError(RechubError, RuntimeError):

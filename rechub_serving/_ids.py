@@ -67,13 +67,22 @@ def _check_unique(ids: np.ndarray, name: str) -> None:
 
 
 class IdMap:
-    """Bidirectional map between internal labels and external ids."""
+    """Bidirectional map between internal labels and external ids.
+
+    Labels are allocated once and never reused: a removed id keeps its dead
+    label, and adding the same id again gives it a new one. Lookups from ids
+    to labels only ever see live labels.
+    """
 
     def __init__(self, external: np.ndarray, alive: np.ndarray | None = None, identity: bool = False):
         self._external = external
         self._alive = alive
         self._identity = identity
-        self._index: Any = None  # lazily built reverse lookup
+        self._is_int = external.dtype == np.int64
+        self._fast_identity = identity and self._is_int
+        self.n_labels = len(external)  # labels ever allocated (removed ones included)
+        self.count = self.n_labels if alive is None else int(alive.sum())  # live ids
+        self._index: Any = None  # lazily built reverse lookup over live labels
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -86,34 +95,55 @@ class IdMap:
     @property
     def kind(self) -> str:
         """``"int"`` or ``"str"``."""
-        return "int" if self._external.dtype == np.int64 else "str"
+        return "int" if self._is_int else "str"
 
     @property
     def ids(self) -> np.ndarray:
-        """External ids by label (int64, or object array of str)."""
+        """External ids by label (int64, or object array of str), removed ones included."""
         return self._external
 
     @property
-    def n_labels(self) -> int:
-        """Labels ever allocated (removed ones included)."""
-        return len(self._external)
+    def alive(self) -> np.ndarray | None:
+        """Which labels are live (None: all of them)."""
+        return self._alive
 
     def __len__(self) -> int:
-        return self.n_labels if self._alive is None else int(self._alive.sum())
+        return self.count
 
     # -- lookups -------------------------------------------------------------
+    def bad_labels(self, labels: np.ndarray) -> np.ndarray:
+        """The labels in ``labels`` (``-1`` is padding) that this map never gave out, or removed."""
+        flat = np.asarray(labels).ravel()
+        wrong = flat[(flat < -1) | (flat >= self.n_labels)]
+        if self._alive is not None:
+            real = flat[(flat >= 0) & (flat < self.n_labels)]
+            wrong = np.concatenate([wrong, real[~self._alive[real]]])
+        return wrong
+
     def to_external(self, labels: np.ndarray) -> np.ndarray:
         """Map labels (``-1`` = padding) to ids: int64 with -1, or object with None."""
-        if self.kind == "int":
-            if self._identity:
-                return labels
+        if self._fast_identity:
+            return labels
+        if self._is_int:
             return np.where(labels >= 0, self._external[np.maximum(labels, 0)], -1)
         out = self._external[np.maximum(labels, 0)].astype(object)
         out[labels < 0] = None
         return out
 
+    def _lookup(self) -> Any:
+        index = self._index
+        if index is None:
+            live = self.alive_labels()
+            if self.kind == "int":
+                order = live[np.argsort(self._external[live], kind="stable")]
+                index = (order, self._external[order])
+            else:
+                index = {self._external[i]: int(i) for i in live.tolist()}
+            self._index = index
+        return index
+
     def to_labels(self, ids: Any) -> np.ndarray:
-        """Map external ids to labels; unknown or removed ids map to -1."""
+        """Map external ids to live labels; unknown or removed ids map to -1."""
         if self.kind == "int":
             query = np.asarray(ids)
             if query.dtype.kind not in "iu":
@@ -123,28 +153,23 @@ class IdMap:
             query = query.astype(np.int64, copy=False).ravel()
             if self._identity:
                 labels = np.where((query >= 0) & (query < self.n_labels), query, -1)
-            else:
-                if self._index is None:
-                    order = np.argsort(self._external, kind="stable")
-                    self._index = (order, self._external[order])
-                order, sorted_ids = self._index
-                pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
-                hit = sorted_ids[pos] == query
-                labels = np.where(hit, order[pos], -1)
-        else:
-            if self._index is None:
-                self._index = {v: i for i, v in enumerate(self._external)}
-            index = self._index
-            labels = np.fromiter((index.get(v, -1) for v in ids), dtype=np.int64)
-        if self._alive is not None and len(labels):
-            labels = np.where((labels >= 0) & self._alive[np.maximum(labels, 0)], labels, -1)
-        return labels.astype(np.int64, copy=False)
+                if self._alive is not None and len(labels):
+                    labels = np.where((labels >= 0) & self._alive[np.maximum(labels, 0)], labels, -1)
+                return labels.astype(np.int64, copy=False)
+            order, sorted_ids = self._lookup()
+            if not len(sorted_ids):
+                return np.full(len(query), -1, np.int64)
+            pos = np.minimum(np.searchsorted(sorted_ids, query), len(sorted_ids) - 1)
+            return np.where(sorted_ids[pos] == query, order[pos], -1).astype(np.int64, copy=False)
+        index = self._lookup()
+        return np.fromiter((index.get(v, -1) if isinstance(v, str) else -1 for v in ids), dtype=np.int64)
 
     # -- mutation ------------------------------------------------------------
     def extend(self, ids: Any, n: int) -> tuple[IdMap, np.ndarray]:
         """Return a new map with ``n`` more ids, and the labels they got.
 
-        With ``ids=None`` on an int map, new ids continue after the largest one.
+        With ``ids=None`` on an int map, new ids continue after the largest id
+        ever given (removed ones included, so an id is never silently reused).
         """
         start = self.n_labels
         labels = np.arange(start, start + n, dtype=np.int64)
@@ -157,7 +182,7 @@ class IdMap:
             identity = self._identity and base == start
         else:
             new = normalize_ids(ids, n)
-            if (new.dtype == np.int64) != (self.kind == "int"):
+            if len(new) and (new.dtype == np.int64) != (self.kind == "int"):
                 raise InvalidInputError(f"this index has {self.kind} ids; the new ids must be {self.kind} too")
             existing = self.to_labels(new)
             if (existing >= 0).any():
@@ -193,15 +218,33 @@ class IdMap:
         return entry
 
     @classmethod
-    def load(cls, directory: Path, entry: dict[str, Any]) -> IdMap:
-        """Read the map written by :meth:`save`."""
+    def load(cls, ids_file: Path, alive_file: Path | None, entry: dict[str, Any], where: str = "") -> IdMap:
+        """Read and check the map written by :meth:`save` (files already verified by the caller)."""
+        where = where or str(ids_file.parent)
         try:
-            external = np.load(directory / entry["file"], allow_pickle=False)
-            alive = np.load(directory / entry["alive"], allow_pickle=False) if "alive" in entry else None
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexFormatError(f"the id map of {directory} cannot be read: {exc}") from None
+            external = np.load(ids_file, allow_pickle=False)
+            alive = np.load(alive_file, allow_pickle=False) if alive_file is not None else None
+        except (OSError, ValueError, EOFError) as exc:
+            raise IndexFormatError(f"{where}: the id map cannot be read ({exc}); save the index again") from None
+        if external.ndim != 1:
+            raise IndexFormatError(f"{where}: the id map has shape {external.shape}, expected one dimension")
         if entry["kind"] == "str":
+            if external.dtype.kind != "U":
+                raise IndexFormatError(f"{where}: the id map has dtype {external.dtype}, expected strings")
             external = external.astype(object)
         elif external.dtype != np.int64:
-            raise IndexFormatError(f"the id map of {directory} has dtype {external.dtype}, expected int64")
-        return cls(external, alive, bool(entry.get("positional", False)))
+            raise IndexFormatError(f"{where}: the id map has dtype {external.dtype}, expected int64")
+        elif len(external) and external.min() < 0:
+            raise IndexFormatError(f"{where}: the id map holds a negative id; ids are >= 0")
+        if alive is not None and (alive.dtype != np.bool_ or alive.shape != external.shape):
+            raise IndexFormatError(f"{where}: alive.npy does not match the id map (dtype {alive.dtype}, {alive.shape})")
+        positional = bool(entry.get("positional", False))
+        if positional and not np.array_equal(external, np.arange(len(external))):
+            positional = False
+        idmap = cls(external, alive, positional)
+        live = idmap.ids[idmap.alive_labels()]
+        try:
+            _check_unique(live, "ids")
+        except DuplicateIdError as exc:
+            raise IndexFormatError(f"{where}: the id map is damaged: {exc}") from None
+        return idmap

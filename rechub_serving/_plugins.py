@@ -8,6 +8,7 @@ built-in ``numpy`` backend). Loading happens on first use, not at import.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -19,11 +20,22 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ._base import Builder
+from ._builder import Builder
 from ._capabilities import Capabilities
+from ._engine import Backend
 from ._errors import PluginError, UnknownBackendError
 
-__all__ = ["BackendInfo", "BrokenPlugin", "get_backend", "list_backends", "list_broken_plugins", "plugin_manager"]
+__all__ = [
+    "BackendInfo",
+    "BrokenPlugin",
+    "get_backend",
+    "list_backends",
+    "list_broken_plugins",
+    "origin_of",
+    "register_plugin",
+    "reload_plugins",
+    "unregister_plugin",
+]
 
 logger = logging.getLogger("rechub_serving")
 
@@ -37,18 +49,30 @@ class BackendInfo:
     """A registered backend: what ``rechub-index backends`` shows."""
 
     name: str
-    builder: type[Builder]
+    backend: type[Backend]
     plugin: str
     distribution: str
     version: str
     capabilities: Capabilities = field(default_factory=Capabilities)
 
+    def builder(self, **params: Any) -> Builder:
+        """A :class:`Builder` of this backend configured with ``params``."""
+        return Builder(self.backend, **params)
+
+    def schema(self) -> tuple[Any, ...]:
+        """Every parameter of the backend, the common ones included."""
+        from ._builder import COMMON_PARAMS
+
+        return COMMON_PARAMS + tuple(self.backend.params)
+
     @property
     def engine_version(self) -> str | None:
-        try:
-            return self.builder.engine_version()
-        except Exception as exc:  # an engine that fails to report its version
-            return f"unknown ({exc})"
+        names = self.backend.engine_distribution
+        if not names:
+            return None
+        from ._builder import _distribution_version
+
+        return _distribution_version((names,) if isinstance(names, str) else tuple(names))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -58,7 +82,7 @@ class BackendInfo:
             "version": self.version,
             "engine_version": self.engine_version,
             "capabilities": self.capabilities.as_dict(),
-            "params": [p.describe() for p in self.builder.schema()],
+            "params": [p.describe() for p in self.schema()],
         }
 
 
@@ -117,20 +141,18 @@ class _Registry:
     def _call(self, impl: Any, dist: str, version: str) -> None:
         added: list[str] = []
 
-        def register(builder: type) -> None:
-            if not (isinstance(builder, type) and issubclass(builder, Builder)):
-                raise PluginError(f"register() expects a Builder subclass, got {builder!r}")
-            name = getattr(builder, "name", None)
+        def register(backend: type) -> None:
+            if not (isinstance(backend, type) and issubclass(backend, Backend)):
+                raise PluginError(f"register() expects a rechub_serving.Backend subclass, got {backend!r}")
+            name = getattr(backend, "name", None)
             if not isinstance(name, str) or not name:
-                raise PluginError(f"{builder.__name__} has no 'name' class attribute")
+                raise PluginError(f"{backend.__name__} has no 'name' class attribute")
             if name in self.backends:
                 raise PluginError(
                     f"backend {name!r} is already registered by {self.backends[name].plugin} "
                     f"({self.backends[name].distribution})"
                 )
-            builder.plugin_version = version
-            builder.distribution = dist
-            self.backends[name] = BackendInfo(name, builder, impl.plugin_name, dist, version, builder.capabilities)
+            self.backends[name] = BackendInfo(name, backend, impl.plugin_name, dist, version, backend.capabilities)
             added.append(name)
 
         try:
@@ -174,12 +196,6 @@ def _core_version() -> str:
 _registry = _Registry()
 
 
-def plugin_manager() -> pluggy.PluginManager:
-    """The pluggy plugin manager (plugins loaded)."""
-    _registry.load()
-    return _registry.pm
-
-
 def list_backends() -> list[BackendInfo]:
     """The installed, working backends, sorted by name."""
     _registry.load()
@@ -202,9 +218,43 @@ def get_backend(name: str) -> BackendInfo:
         return info
     installed = ", ".join(sorted(_registry.backends)) or "(none)"
     broken = [b for b in _registry.broken if name.lower() in b.plugin.lower()]
-    hint = f" The plugin {broken[0].plugin} is installed but broken: {broken[0].error}." if broken else ""
-    raise UnknownBackendError(
-        f"no backend named {name!r} is installed (installed: {installed}).{hint} "
-        f"Backends come from plugin distributions: install rechub-serving-{name.strip().lower()} "
-        f"(or rechub-serving[{name.strip().lower()}]) if it exists."
-    )
+    if broken:
+        hint = f" The plugin {broken[0].plugin} is installed but broken: {broken[0].error}."
+    else:
+        close = difflib.get_close_matches(name.strip().lower(), list(_registry.backends), n=1, cutoff=0.6)
+        if close:
+            hint = f" Did you mean {close[0]!r}?"
+        else:
+            wanted = name.strip().lower()
+            hint = (
+                f" Backends come from plugin distributions: install rechub-serving-{wanted} "
+                f"(or rechub-serving[{wanted}]) if it exists."
+            )
+    raise UnknownBackendError(f"no backend named {name!r} is installed (installed: {installed}).{hint}")
+
+
+def origin_of(backend: type[Backend]) -> tuple[str, str]:
+    """``(distribution, version)`` of the plugin that registered ``backend`` (without loading plugins)."""
+    for info in list(_registry.backends.values()):
+        if info.backend is backend:
+            return info.distribution, info.version
+    return "(not registered)", "0"
+
+
+def register_plugin(plugin: Any, name: str, distribution: str = "(registered in code)") -> None:
+    """Register a plugin module (or any object with ``register_backends``) in this process, as if installed."""
+    _registry.register_plugin(plugin, name, distribution)
+
+
+def unregister_plugin(name: str) -> None:
+    """Forget a plugin registered with :func:`register_plugin` (or loaded from an entry point)."""
+    _registry.unregister_plugin(name)
+
+
+def reload_plugins() -> None:
+    """Forget every loaded plugin; the next use discovers them again.
+
+    Call it after changing ``RECHUB_SERVING_PLUGINS`` or installing a plugin
+    in the running process.
+    """
+    _registry.reset()

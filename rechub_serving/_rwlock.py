@@ -19,22 +19,27 @@ class ReadWriteLock:
     """Shared (read) / exclusive (write) lock with writer priority. Not reentrant."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
 
     def acquire_shared(self) -> None:
         """Take the shared side (prefer :meth:`shared`; this is for hot paths)."""
+        with self._mutex:  # the plain lock: no Condition frame on the uncontended path
+            if not (self._writer or self._writers_waiting):
+                self._readers += 1
+                return
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
 
     def release_shared(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._writers_waiting:
                 self._cond.notify_all()
 
     @contextlib.contextmanager

@@ -18,4 +18,4 @@ hookimpl = pluggy.HookimplMarker("rechub_serving")
 
 @hookspec
 def register_backends(register: Callable[[type], None]) -> None:
-    """Call ``register(BuilderSubclass)`` once per backend the plugin provides."""
+    """Call ``register(MyBackend)`` once per :class:`~rechub_serving.Backend` subclass the plugin provides."""

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Indexer
 from ._errors import InvalidInputError, RechubError
+from ._indexer import Indexer
 
 __all__ = ["ModelMismatchError", "Recommendations", "Retriever", "read_tower_metadata"]
 

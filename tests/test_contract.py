@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import rechub_serving as rs
-from rechub_serving import IdMap, Metric, parse_metric
+from rechub_serving import Metric, parse_metric
+from rechub_serving._ids import IdMap
 from rechub_serving._arrays import as_matrix
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rechub_serving as rs
-from rechub_serving import Builder, Capabilities, Indexer, Param, hookimpl
+from rechub_serving import Backend, Capabilities, Engine, Param, hookimpl
 from rechub_serving.testing import registered_plugin
 
 
@@ -24,25 +24,30 @@ def _fake_distribution(tmp_path, monkeypatch, name: str, module_source: str) -> 
     sys.modules.pop(name, None)
 
 
-class TinyIndexer(Indexer):
+class TinyEngine(Engine):
     def __init__(self, vectors):
         self.vectors = vectors
 
-    def _search(self, queries, k, params, exclude):
+    dim = property(lambda self: self.vectors.shape[1])
+
+    def __len__(self):
+        return len(self.vectors)
+
+    def search(self, queries, k, params, exclude):
         scores = queries @ self.vectors.T
         top = np.argsort(-scores, axis=1)[:, :k]
         return top, np.take_along_axis(scores, top, axis=1)
 
 
-class TinyBuilder(Builder):
+class TinyBackend(Backend):
     name = "tiny"
     params = (Param("depth", int, 3, "a made-up parameter", aliases=("Depth",), minimum=1),)
     capabilities = Capabilities(exact=True, persist=False)
 
-    def _build(self, vectors, ids):
-        return TinyIndexer(vectors)
+    def build(self, vectors, config, ids=None):
+        return TinyEngine(vectors)
 
-    def _load(self, directory, manifest):
+    def load(self, files, config):
         raise AssertionError("not persisted")
 
 
@@ -55,7 +60,7 @@ def test_numpy_backend_is_registered_like_any_plugin(fresh_registry):
 
 
 def test_registered_plugin_is_added_and_removed(fresh_registry):
-    with registered_plugin(TinyBuilder):
+    with registered_plugin(TinyBackend):
         builder = rs.builder_factory("tiny", Depth=5, metric="ip")
         assert builder.config["depth"] == 5
         with builder.from_embeddings(np.eye(4, dtype=np.float32)) as index:
@@ -73,8 +78,19 @@ def test_unknown_backend_lists_installed_and_names_distribution(fresh_registry):
     assert "numpy" in message and "rechub-serving-scann" in message
 
 
+def test_misspelt_backend_gets_did_you_mean(fresh_registry):
+    with pytest.raises(rs.UnknownBackendError) as info:
+        rs.builder_factory("nmupy")
+    assert "Did you mean 'numpy'?" in str(info.value) and "rechub-serving-nmupy" not in str(info.value)
+
+
+def test_backend_name_is_positional_so_name_is_a_parameter(fresh_registry):
+    with pytest.raises(rs.UnknownParameterError, match="'name'"):
+        rs.builder_factory("numpy", name="x")  # not "got multiple values for argument"
+
+
 def test_unknown_parameter_lists_valid_names_and_suggests(fresh_registry):
-    with registered_plugin(TinyBuilder):
+    with registered_plugin(TinyBackend):
         with pytest.raises(rs.UnknownParameterError) as info:
             rs.builder_factory("tiny", detph=2)
         assert "depth" in str(info.value) and "Did you mean" in str(info.value)
@@ -110,9 +126,9 @@ def test_plugin_failing_in_hook_is_isolated(fresh_registry, tmp_path, monkeypatc
 def test_entry_point_plugin_is_loaded(fresh_registry, tmp_path, monkeypatch):
     source = """
     from rechub_serving import hookimpl
-    from tests.test_plugins import TinyBuilder
+    from tests.test_plugins import TinyBackend
 
-    class Renamed(TinyBuilder):
+    class Renamed(TinyBackend):
         name = "renamed"
 
     @hookimpl
@@ -132,11 +148,11 @@ def test_environment_variable_restricts_plugins(fresh_registry, tmp_path, monkey
 
 
 def test_duplicate_backend_name_is_a_broken_plugin(fresh_registry):
-    class Clash(TinyBuilder):
+    class Clash(TinyBackend):
         name = "numpy"
 
     with registered_plugin(Clash, name="clash"):
-        assert rs.builder_factory("numpy").__class__.__name__ == "NumpyBuilder"
+        assert rs.builder_factory("numpy").backend.__name__ == "NumpyBackend"
         assert any("already registered" in b.error for b in rs.list_broken_plugins())
 
 

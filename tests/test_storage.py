@@ -90,10 +90,10 @@ def test_missing_plugin_names_distribution(items, tmp_path):
 
 def test_wrong_backend(items, tmp_path, fresh_registry):
     from rechub_serving.testing import registered_plugin
-    from tests.test_plugins import TinyBuilder
+    from tests.test_plugins import TinyBackend
 
     _save(items, tmp_path / "idx")
-    with registered_plugin(TinyBuilder):
+    with registered_plugin(TinyBackend):
         with pytest.raises(rs.BackendMismatchError, match="numpy"):
             rs.builder_factory("tiny").from_index_file(tmp_path / "idx")
 
@@ -133,7 +133,7 @@ def test_search_params_given_at_load_override_saved(items, tmp_path):
 def test_mmap_load(items, tmp_path):
     _save(items, tmp_path / "idx")
     with rs.open_index(tmp_path / "idx", mmap=True) as index:
-        assert isinstance(index._vectors, np.memmap)
+        assert isinstance(index.engine.vectors, np.memmap)
         assert np.asarray(index.query(items[:2], 1).indices).tolist() == [["i0"], ["i1"]]
 
 

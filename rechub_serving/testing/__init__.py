@@ -1,30 +1,42 @@
-"""Test helpers for backend authors: the conformance suite and fake plugins.
+"""Test helpers for backend authors: the conformance suite, fake plugins and a mock backend.
 
-Every backend, built-in or third-party, runs the same suite in its own tests::
+Run the whole contract against your backend in five lines, nothing installed::
 
     from rechub_serving.testing import BackendConformance
+    from my_plugin import MyBackend
 
     class TestMyEngine(BackendConformance):
-        backend = "myengine"
+        backend = MyBackend          # or "myengine" once installed
         params = {"m": 16}
-        exact = False
-        recall_floor = 0.9
 
-and may register a plugin for the duration of a test with :func:`registered_plugin`.
+``BackendConformance`` needs pytest (the ``rechub-serving[testing]`` extra);
+the rest of this module does not.
 """
 
 from __future__ import annotations
 
-from ..evaluation import clustered_data, ground_truth, recall_at_k, true_distances
-from ._conformance import BackendConformance
+from typing import Any
+
+from ._data import clustered_data, reference_topk, true_distances
+from ._mock import MockEngine, mock_backend
 from ._plugins import registered_plugin, reload_plugins
 
 __all__ = [
     "BackendConformance",
+    "MockEngine",
     "clustered_data",
-    "ground_truth",
-    "recall_at_k",
+    "mock_backend",
+    "reference_topk",
     "registered_plugin",
     "reload_plugins",
     "true_distances",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The suite imports pytest: only when it is asked for.
+    if name == "BackendConformance":
+        from ._conformance import BackendConformance
+
+        return BackendConformance
+    raise AttributeError(f"module 'rechub_serving.testing' has no attribute {name!r}")
