@@ -10,8 +10,8 @@ import pytest
 
 import rechub_serving as rs
 from rechub_serving import Metric, parse_metric
-from rechub_serving._ids import IdMap
 from rechub_serving._arrays import as_matrix
+from rechub_serving._ids import IdMap
 
 
 @pytest.mark.parametrize(
