@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rechub_serving.evaluation import ground_truth, recall_at_k
+
 from ._data import clustered_data, reference_topk, true_distances
 from ._mock import MockEngine, mock_backend
 from ._plugins import registered_plugin, reload_plugins
@@ -25,7 +27,9 @@ __all__ = [
     "BackendConformance",
     "MockEngine",
     "clustered_data",
+    "ground_truth",
     "mock_backend",
+    "recall_at_k",
     "reference_topk",
     "registered_plugin",
     "reload_plugins",
