@@ -60,7 +60,12 @@ def _check_unique(ids: np.ndarray, name: str) -> None:
         dups = uniq[counts > 1]
     else:
         seen: set[str] = set()
-        dups = [v for v in ids if v in seen or seen.add(v)]  # type: ignore[func-returns-value]
+        repeated: list[str] = []
+        for value in ids:
+            if value in seen:
+                repeated.append(value)
+            seen.add(value)
+        dups = np.asarray(repeated, dtype=object)
     if len(dups):
         shown = ", ".join(repr(v.item() if hasattr(v, "item") else v) for v in list(dups)[:5])
         raise DuplicateIdError(f"{name} contains duplicates ({shown}); every id must be unique")

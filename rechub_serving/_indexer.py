@@ -393,7 +393,7 @@ class Indexer:
             dist = np.concatenate([dist, np.full((n, k - m), self._metric.pad_distance, np.float32)], axis=1)
         elif m > k:
             labels, dist = labels[:, :k], dist[:, :k]
-        pad = np.equal(labels, None) if labels.dtype == object else labels < 0
+        pad = (labels == None) if labels.dtype == object else labels < 0  # noqa: E711 - elementwise
         if pad.any():
             dist = np.where(pad, np.float32(self._metric.pad_distance), dist)
             if not np.isfinite(dist[~pad]).all():

@@ -454,7 +454,7 @@ def _load_manifest(file: Path, where: Path) -> dict[str, Any]:
             f"{where}/{MANIFEST} is not a rechub-serving manifest (format field missing or different)"
         )
     version = manifest.get("format_version")
-    if not _is_int(version) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise IndexFormatError(
             f"{where}: format_version {version!r} is not a positive integer; the manifest is damaged"
         )
