@@ -69,6 +69,8 @@ _PARAM_CACHE_SIZE = 256
 _FLOAT32 = np.dtype(np.float32)
 _INT64 = np.dtype(np.int64)
 _SMALL = 64
+_NO_IDS = np.zeros(0, np.int64)
+_NO_IDS.flags.writeable = False
 
 
 class Indexer:
@@ -615,27 +617,38 @@ def _is_nested(value: Any) -> bool:
 def _id_values(row: Any, kind: str, name: str = "exclude") -> np.ndarray:
     """One row of ids as an int64 or object array, type-checked against the index's id kind (duplicates allowed)."""
     if row is None:
-        return np.zeros(0, np.int64)
+        return _NO_IDS
     if isinstance(row, (str, bytes, int, np.integer)) and not isinstance(row, bool):
         row = [row]
     elif hasattr(row, "detach") and hasattr(row, "cpu"):  # a torch tensor
         row = row.detach().cpu().numpy()
-    elif not isinstance(row, (Sequence, np.ndarray, set, frozenset)):
+    elif isinstance(row, (set, frozenset)):
+        row = list(row)
+    elif not isinstance(row, (Sequence, np.ndarray)):
         raise InvalidInputError(f"{name} rows must be collections of ids, got {type(row).__name__}")
-    values = row if isinstance(row, np.ndarray) else np.asarray(list(row), dtype=object)
+    if isinstance(row, np.ndarray):
+        values = row
+    else:
+        try:
+            values = np.asarray(row)
+        except (ValueError, TypeError):  # ragged: a row holding lists
+            values = np.asarray(list(row), dtype=object)
     if values.ndim != 1:
+        if values.size == 0:
+            return _NO_IDS
         raise InvalidInputError(f"{name} rows must be flat collections of ids, got shape {values.shape}")
     if not len(values):
-        return np.zeros(0, np.int64)
+        return _NO_IDS
+    kind_code = values.dtype.kind
     if kind == "int":
-        if values.dtype.kind in "iu":
+        if kind_code in "iu":
             return values.astype(np.int64, copy=False)
-        if values.dtype == object and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        if kind_code == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             return values.astype(np.int64)
         raise InvalidInputError(f"{name} holds {_kinds(values)}, but this index has integer ids")
-    if values.dtype.kind == "U":
+    if kind_code == "U":
         return values.astype(object)
-    if values.dtype == object and all(isinstance(v, str) for v in values):
+    if kind_code == "O" and all(isinstance(v, str) for v in values):
         return values
     raise InvalidInputError(f"{name} holds {_kinds(values)}, but this index has string ids")
 
