@@ -178,6 +178,10 @@ class Engine(abc.ABC):
     #: What ``search`` returns as distances (None: already the metric table's numbers).
     distance: RawDistance | None = None
 
+    #: A ``torch.device`` for engines that search torch tensors: queries that are tensors on it
+    #: reach ``search`` as a float32 tensor there, and ``search`` returns tensors there too.
+    tensor_device: Any = None
+
     @abc.abstractmethod
     def search(
         self, queries: np.ndarray, k: int, params: Mapping[str, Any], exclude: Sequence[np.ndarray] | None

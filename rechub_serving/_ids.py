@@ -115,6 +115,11 @@ class IdMap:
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def identity_int(self) -> bool:
+        """True when the ids are the labels themselves (positions, never remapped)."""
+        return self._fast_identity
+
     # -- lookups -------------------------------------------------------------
     def bad_labels(self, labels: np.ndarray) -> np.ndarray:
         """The labels in ``labels`` (``-1`` is padding) that this map never gave out, or removed."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from ._arrays import (
     as_queries,
     c_einsum,
     check_k,
+    is_torch_tensor,
     normalize_checked,
     normalize_rows,
     value_error,
@@ -55,6 +57,7 @@ from ._params import resolve_params
 from ._result import QueryResult
 from ._rwlock import ReadWriteLock
 from ._storage import write_index
+from ._tensors import convert_tensor, pad_tensors, tensor_queries
 
 if TYPE_CHECKING:
     from ._builder import Builder
@@ -113,6 +116,7 @@ class Indexer:
             )
         self._convert = None if distance is RawDistance.INNER_PRODUCT else distance
         self._search_defaults: dict[str, Any] = builder.search_params
+        self._tensor_device = engine.tensor_device
         self._param_cache: dict[Any, dict[str, Any]] = {}
 
     # -- description -------------------------------------------------------------
@@ -248,6 +252,8 @@ class Indexer:
             k = top_k
         if type(k) is not int or not 0 < k <= MAX_K:
             k = check_k(k)
+        if self._tensor_device is not None and is_torch_tensor(queries) and queries.device == self._tensor_device:
+            return self._query_tensors(queries, k, exclude, search_params)
         if (
             type(queries) is np.ndarray
             and queries.dtype is _FLOAT32
@@ -298,6 +304,60 @@ class Indexer:
         if family is not NUMPY:
             found, dist = family.wrap(found, dist)
         return QueryResult(found, dist, self._metric)
+
+    def _query_tensors(self, queries: Any, k: int, exclude: Any, search_params: Mapping[str, Any]) -> QueryResult:
+        """The tensor path (see ``_tensors``): queries on the engine's device stay there, results too."""
+        q, was_vector = tensor_queries(queries, self._dim, self._cosine)
+        n = len(q)
+        if n * k > MAX_RESULT_ENTRIES:
+            raise InvalidInputError(f"{n} queries x k={k} is more results than one call returns; split the batch")
+        params = self._call_params(search_params) if search_params else self._search_defaults
+        with self._lock.shared():
+            engine = self._require_engine()
+            ids = self._ids
+            count = ids.count if ids is not None else len(engine)
+            rows = None if exclude is None else self._exclusions(exclude, n, was_vector, ids)
+            native = rows is None or (self._capabilities.native_filter and engine.can_filter(rows))
+            if count == 0 or not native:  # the numpy path does what the tensor path does not
+                labels, dist = self._search(engine, q.cpu().numpy(), k, count, params, rows, ids)
+                found = ids.to_external(labels) if ids is not None else labels
+                torch = sys.modules["torch"]
+                out = torch.from_numpy(found).to(q.device) if found.dtype != object else found
+                return QueryResult(out, torch.from_numpy(dist).to(q.device), self._metric)
+            ask = k if k < count else count
+            try:
+                labels, raw = engine.search(q, ask, params, rows)
+            except RechubError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"the {self._backend_name} engine failed to search: {_describe(exc)}") from exc
+            if (
+                tuple(labels.shape) != tuple(raw.shape)
+                or labels.dim() != 2
+                or len(labels) != n
+                or labels.shape[1] > ask
+            ):
+                raise BackendError(f"the {self._backend_name} engine returned tensors of shape {tuple(labels.shape)}")
+            lo = int(labels.min()) if labels.numel() else -1
+            if (
+                ids is not None
+                and labels.numel()
+                and (lo < -1 or int(labels.max()) >= ids.n_labels or ids.alive is not None)
+            ):
+                bad = ids.bad_labels(labels.cpu().numpy())
+                if len(bad):
+                    raise BackendError(
+                        f"the {self._backend_name} engine returned labels {bad[:5].tolist()} not in this index"
+                    )
+            dist = convert_tensor(self._convert, raw)
+            labels, dist, finite = pad_tensors(labels, dist, k, self._metric.pad_distance, lo < 0)
+            if not finite:
+                raise self._garbage()
+            if ids is None or ids.identity_int:
+                return QueryResult(labels, dist, self._metric)
+            found = ids.to_external(labels.cpu().numpy())
+        torch = sys.modules["torch"]
+        return QueryResult(torch.from_numpy(found).to(q.device) if found.dtype != object else found, dist, self._metric)
 
     def _search(
         self,
