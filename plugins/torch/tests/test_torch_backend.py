@@ -1,6 +1,11 @@
-"""The torch backend: the conformance suite per storage type, and the tensor path."""
+"""The torch backend: the conformance suite per storage type, and the tensor path.
+
+``RECHUB_TORCH_DEVICE=cuda`` runs the same tests on a GPU (scripts/gpu_check.sh).
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -11,29 +16,41 @@ from rechub_serving import Builder, InvalidInputError, UnsupportedOperation, bui
 from rechub_serving.testing import BackendConformance, clustered_data, reference_topk
 
 
+DEVICE = os.environ.get("RECHUB_TORCH_DEVICE", "cpu")
+
+
 class TestTorchFloat32(BackendConformance):
+    backend = TorchBackend  # the class itself: no entry point needed
+    params = {"device": DEVICE}
+
+
+class TestTorchInstalled(BackendConformance):
+    """The same backend through its entry point, as users get it."""
+
     backend = "torch"
+    params = {"device": DEVICE}
+    metrics = ("cosine",)
 
 
 class TestTorchSmallBlocks(BackendConformance):
     """Blocks of a few rows exercise the block merge."""
 
-    backend = TorchBackend  # the class itself: no entry point needed
-    params = {"block_bytes": 4096}
+    backend = TorchBackend
+    params = {"block_bytes": 4096, "device": DEVICE}
     metrics = ("l2", "cosine")
 
 
 class TestTorchFloat16(BackendConformance):
-    backend = "torch"
-    params = {"dtype": "float16"}
+    backend = TorchBackend
+    params = {"dtype": "float16", "device": DEVICE}
     recall_floor = 0.9
     rtol = 2e-2
     atol = 5e-2
 
 
 class TestTorchBfloat16(BackendConformance):
-    backend = "torch"
-    params = {"dtype": "bfloat16"}
+    backend = TorchBackend
+    params = {"dtype": "bfloat16", "device": DEVICE}
     recall_floor = 0.8
     rtol = 5e-2
     atol = 3e-1
@@ -41,7 +58,7 @@ class TestTorchBfloat16(BackendConformance):
 
 def _index(metric="l2", **params):
     items = clustered_data(500, 16, seed=0)
-    return items, builder_factory("torch", metric=metric, **params).from_embeddings(items)
+    return items, Builder(TorchBackend, metric=metric, device=DEVICE, **params).from_embeddings(items)
 
 
 def test_tensors_on_the_device_stay_there_without_copies():
@@ -54,13 +71,13 @@ def test_tensors_on_the_device_stay_there_without_copies():
         return search(queries, k, params, exclude)
 
     index.engine.search = spy
-    q = torch.from_numpy(clustered_data(4, 16, seed=1, centres_seed=0))
+    q = torch.from_numpy(clustered_data(4, 16, seed=1, centres_seed=0)).to(DEVICE)
     res = index.query(q, 5)
     assert isinstance(seen["query"], torch.Tensor) and seen["query"].data_ptr() == q.data_ptr()
     assert isinstance(res.indices, torch.Tensor) and res.indices.device == q.device
     assert res.indices.dtype == torch.int64 and res.distances.dtype == torch.float32
-    truth, _ = reference_topk(items, q.numpy(), 5, "l2")
-    assert np.array_equal(res.indices.numpy(), truth)
+    truth, _ = reference_topk(items, q.cpu().numpy(), 5, "l2")
+    assert np.array_equal(res.indices.cpu().numpy(), truth)
     index.close()
 
 
@@ -68,8 +85,8 @@ def test_tensor_path_checks_like_the_numpy_path():
     _, index = _index("cosine")
     for bad in (torch.zeros(2, 16), torch.full((1, 16), float("nan")), torch.zeros(2, 15), torch.zeros(0, 16)):
         with pytest.raises(InvalidInputError):
-            index.query(bad, 3)
-    res = index.query(torch.ones(16, dtype=torch.float64), 3, exclude=[[0, 1, 2]])
+            index.query(bad.to(DEVICE), 3)
+    res = index.query(torch.ones(16, dtype=torch.float64, device=DEVICE), 3, exclude=[[0, 1, 2]])
     assert res.indices.shape == (1, 3) and not set(res.indices[0].tolist()) & {0, 1, 2}
     index.close()
 
@@ -79,7 +96,7 @@ def test_half_precision_costs_little_recall():
     queries = clustered_data(200, 32, seed=1, centres_seed=0)
     truth, _ = reference_topk(items, queries, 10, "cosine")
     for dtype, floor in (("float16", 0.99), ("bfloat16", 0.95)):
-        with builder_factory("torch", metric="cosine", dtype=dtype).from_embeddings(items) as index:
+        with Builder(TorchBackend, metric="cosine", dtype=dtype, device=DEVICE).from_embeddings(items) as index:
             found = index.query(queries, 10).indices
             recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
             assert recall >= floor, (dtype, recall)
