@@ -326,38 +326,32 @@ class Indexer:
                 return QueryResult(out, torch.from_numpy(dist).to(q.device), self._metric)
             ask = k if k < count else count
             try:
-                labels, raw = engine.search(q, ask, params, rows)
+                answer: tuple[Any, Any] = engine.search(q, ask, params, rows)
             except RechubError:
                 raise
             except Exception as exc:
                 raise BackendError(f"the {self._backend_name} engine failed to search: {_describe(exc)}") from exc
-            if (
-                tuple(labels.shape) != tuple(raw.shape)
-                or labels.dim() != 2
-                or len(labels) != n
-                or labels.shape[1] > ask
-            ):
-                raise BackendError(f"the {self._backend_name} engine returned tensors of shape {tuple(labels.shape)}")
-            lo = int(labels.min()) if labels.numel() else -1
-            if (
-                ids is not None
-                and labels.numel()
-                and (lo < -1 or int(labels.max()) >= ids.n_labels or ids.alive is not None)
-            ):
-                bad = ids.bad_labels(labels.cpu().numpy())
+            tl, traw = answer
+            if tuple(tl.shape) != tuple(traw.shape) or tl.dim() != 2 or len(tl) != n or tl.shape[1] > ask:
+                raise BackendError(f"the {self._backend_name} engine returned tensors of shape {tuple(tl.shape)}")
+            lo = int(tl.min()) if tl.numel() else -1
+            if ids is not None and tl.numel() and (lo < -1 or int(tl.max()) >= ids.n_labels or ids.alive is not None):
+                bad = ids.bad_labels(tl.cpu().numpy())
                 if len(bad):
                     raise BackendError(
-                        f"the {self._backend_name} engine returned labels {bad[:5].tolist()} not in this index"
+                        f"the {self._backend_name} engine returned tl {bad[:5].tolist()} not in this index"
                     )
-            dist = convert_tensor(self._convert, raw)
-            labels, dist, finite = pad_tensors(labels, dist, k, self._metric.pad_distance, lo < 0)
+            tdist = convert_tensor(self._convert, traw)
+            tl, tdist, finite = pad_tensors(tl, tdist, k, self._metric.pad_distance, lo < 0)
             if not finite:
                 raise self._garbage()
             if ids is None or ids.identity_int:
-                return QueryResult(labels, dist, self._metric)
-            found = ids.to_external(labels.cpu().numpy())
+                return QueryResult(tl, tdist, self._metric)
+            tfound = ids.to_external(tl.cpu().numpy())
         torch = sys.modules["torch"]
-        return QueryResult(torch.from_numpy(found).to(q.device) if found.dtype != object else found, dist, self._metric)
+        return QueryResult(
+            torch.from_numpy(tfound).to(q.device) if tfound.dtype != object else tfound, tdist, self._metric
+        )
 
     def _search(
         self,
