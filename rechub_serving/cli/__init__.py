@@ -2,7 +2,7 @@
 
 ``rechub-index backends | build | query | info | bench | tune | quickstart``
 (and ``train`` / ``recommend`` when the training commands are installed).
-Exit codes: 0 success, 1 failure, 2 bad usage; errors are one line on stderr
+Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted (Ctrl-C); errors are one line on stderr
 (``--debug`` adds the traceback). ``python -m rechub_serving.cli`` works too.
 """
 

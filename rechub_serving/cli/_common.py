@@ -59,9 +59,23 @@ class State:
     json: bool = False
     quiet: bool = False
     debug: bool = False
+    #: Paths the command wrote so far; None while the command has not said that it tracks its outputs
+    #: (then an interruption cannot say whether something was written).
+    written: list[str] | None = None
 
     def reset(self) -> None:
         self.json = self.quiet = self.debug = False
+        self.written = None
+
+    def track_outputs(self) -> None:
+        """Declare that this command records every path it writes (all its writes are atomic)."""
+        self.written = []
+
+    def wrote(self, path: Any) -> None:
+        """Record a path this command has written completely."""
+        if self.written is None:
+            self.written = []
+        self.written.append(str(path))
 
     def update(self, *, json: bool = False, quiet: bool = False, debug: bool = False) -> None:
         self.json |= json
@@ -172,6 +186,7 @@ def dir_size(path: Path) -> int:
 
 
 def format_bytes(n: float | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``; None -> ``"-"``."""
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import numpy as np
 from ._common import CliError, to_jsonable
 
 __all__ = [
+    "RESULT_SUFFIXES",
     "VECTOR_SUFFIXES",
     "Loaded",
     "load_exclude",
     "load_ids",
     "load_vectors",
+    "result_rows",
     "write_results",
 ]
 
@@ -446,55 +449,72 @@ def result_rows(ids: np.ndarray, dist: np.ndarray, query_ids: np.ndarray | None)
 def write_results(
     path: str | Path, ids: np.ndarray, dist: np.ndarray, query_ids: np.ndarray | None, metric: str
 ) -> Path:
-    """Write results to .npz (matrices + valid mask), .parquet / .csv (long format) or .jsonl (one line per query)."""
+    """Write results to .npz (matrices + valid mask), .parquet / .csv (long format) or .jsonl (one line per query).
+
+    The file is written beside ``path`` and renamed over it at the end: an
+    interrupted or failed write leaves no half-written file.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in RESULT_SUFFIXES:
         raise CliError(
             f"{path}: unknown output format {suffix or '(no suffix)'}; expected one of {', '.join(RESULT_SUFFIXES)}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    valid = np.isfinite(dist)
+    writer = {".npz": _write_npz, ".jsonl": _write_jsonl, ".csv": _write_csv, ".parquet": _write_parquet}[suffix]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
-        if suffix == ".npz":
-            out_ids = ids
-            if ids.dtype == object:
-                out_ids = np.where(valid, ids, "").astype(str)
-            extra = (
-                {}
-                if query_ids is None
-                else {"query_ids": query_ids.astype(str) if query_ids.dtype == object else query_ids}
-            )
-            np.savez(path, ids=out_ids, distances=dist, valid=valid, metric=np.array(metric), **extra)
-        elif suffix == ".jsonl":
-            with open(path, "w", encoding="utf-8") as fh:
-                for i in range(len(dist)):
-                    q = query_ids[i] if query_ids is not None else i
-                    keep = valid[i]
-                    line = {"query": q, "ids": ids[i][keep], "distances": dist[i][keep]}
-                    fh.write(json.dumps(to_jsonable(line)) + "\n")
-        elif suffix == ".csv":
-            with open(path, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["query", "rank", "id", "distance"])
-                for q, rank, item, d in result_rows(ids, dist, query_ids):
-                    writer.writerow([q, rank, item, repr(d)])
-        else:
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise CliError(f"{path}: writing .parquet needs pyarrow (pip install 'rechub-serving[io]')") from None
-            rows = list(result_rows(ids, dist, query_ids))
-            table = pa.table(
-                {
-                    "query": [r[0] for r in rows],
-                    "rank": pa.array([r[1] for r in rows], pa.int32()),
-                    "id": [r[2] for r in rows],
-                    "distance": pa.array([r[3] for r in rows], pa.float32()),
-                }
-            )
-            pq.write_table(table, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer(tmp, ids, dist, query_ids, metric)
+        os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise CliError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _write_npz(path: Path, ids: np.ndarray, dist: np.ndarray, query_ids: np.ndarray | None, metric: str) -> None:
+    valid = np.isfinite(dist)
+    out_ids = np.where(valid, ids, "").astype(str) if ids.dtype == object else ids
+    extra = (
+        {} if query_ids is None else {"query_ids": query_ids.astype(str) if query_ids.dtype == object else query_ids}
+    )
+    with open(path, "wb") as fh:  # an open file: numpy would add .npz to a name that does not end with it
+        np.savez(fh, ids=out_ids, distances=dist, valid=valid, metric=np.array(metric), **extra)
+
+
+def _write_jsonl(path: Path, ids: np.ndarray, dist: np.ndarray, query_ids: np.ndarray | None, metric: str) -> None:
+    valid = np.isfinite(dist)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(len(dist)):
+            q = query_ids[i] if query_ids is not None else i
+            line = {"query": q, "ids": ids[i][valid[i]], "distances": dist[i][valid[i]]}
+            fh.write(json.dumps(to_jsonable(line)) + "\n")
+
+
+def _write_csv(path: Path, ids: np.ndarray, dist: np.ndarray, query_ids: np.ndarray | None, metric: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["query", "rank", "id", "distance"])
+        for q, rank, item, d in result_rows(ids, dist, query_ids):
+            writer.writerow([q, rank, item, repr(d)])
+
+
+def _write_parquet(path: Path, ids: np.ndarray, dist: np.ndarray, query_ids: np.ndarray | None, metric: str) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CliError(f"{path}: writing .parquet needs pyarrow (pip install 'rechub-serving[io]')") from None
+    rows = list(result_rows(ids, dist, query_ids))
+    table = pa.table(
+        {
+            "query": [r[0] for r in rows],
+            "rank": pa.array([r[1] for r in rows], pa.int32()),
+            "id": [r[2] for r in rows],
+            "distance": pa.array([r[3] for r in rows], pa.float32()),
+        }
+    )
+    pq.write_table(table, path)

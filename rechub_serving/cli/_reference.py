@@ -14,6 +14,8 @@ def _param_row(param: Any, ctx: Any) -> list[str]:
         names = ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
     if getattr(param, "is_flag", False):
         kind = "flag"
+    elif getattr(param, "param_type_name", "") != "argument" and getattr(param, "metavar", None):
+        kind = param.metavar
     else:
         try:
             kind = str(param.bare_type())
@@ -62,7 +64,7 @@ def reference_markdown() -> str:
         "# `rechub-index` command reference",
         "",
         "Generated from the command-line application (`rechub_serving.cli.reference_markdown()`).",
-        "Exit codes: 0 success, 1 failure, 2 bad usage; errors are one line on stderr (`--debug` adds the traceback).",
+        "Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted (Ctrl-C); errors are one line on stderr (`--debug` adds the traceback).",
         "",
         _command_markdown(group, None, "rechub-index").replace("## `rechub-index`", "## Global options", 1),
     ]

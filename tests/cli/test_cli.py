@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from rechub_serving import list_backends, open_index
 from rechub_serving.cli import app, reference_markdown
 from rechub_serving.cli._common import parse_config, parse_params
-from rechub_serving.cli._measure import recall_at_k
+from tests.cli._support import brute_force
 
 runner = CliRunner()
 INSTALLED = {b.name for b in list_backends()}
@@ -63,10 +63,6 @@ def test_parse_params_types():
 def test_parse_config_keeps_factory_commas():
     assert parse_config("faiss:index_type=IVF64,PQ8,nprobe=8") == ("faiss", {"index_type": "IVF64,PQ8", "nprobe": 8})
     assert parse_config("numpy") == ("numpy", {})
-
-
-def test_recall_ignores_padding():
-    assert recall_at_k(np.array([[1, 2, -1]]), np.array([[1, 3, -1]])) == 0.5
 
 
 # -- global behaviour -------------------------------------------------------------------------------
@@ -258,20 +254,34 @@ def test_query_writes_every_format(built, suffix):
     out = tmp / f"res{suffix}"
     result = invoke("query", tmp / "idx", tmp / "q.npy", "-k", "5", "-o", out)
     assert result.exit_code == 0, result.output
-    expected = np.argsort(-(queries @ emb.T), axis=1)[:, :5]
+    pos, dist = brute_force(emb, queries, 5, "ip")  # the index was built with --metric ip
+    expected = [
+        (q, rank + 1, int(pos[q, rank]), float(dist[q, rank])) for q in range(len(queries)) for rank in range(5)
+    ]
     if suffix == ".npz":
         with np.load(out) as got:
-            assert (got["ids"] == expected).all() and got["valid"].all()
-    elif suffix == ".jsonl":
+            assert (got["ids"] == pos).all() and got["valid"].all() and str(got["metric"]) == "ip"
+            assert np.allclose(got["distances"], dist, rtol=1e-5, atol=1e-5)
+        return
+    if suffix == ".jsonl":
         rows = [json.loads(line) for line in out.read_text().splitlines()]
-        assert [r["ids"] for r in rows] == expected.tolist()
-    elif suffix == ".csv":
+        assert [r["query"] for r in rows] == list(range(len(queries)))
+        assert [r["ids"] for r in rows] == pos.tolist()
+        assert np.allclose([r["distances"] for r in rows], dist, rtol=1e-5, atol=1e-5)
+        return
+    if suffix == ".csv":
         lines = out.read_text().splitlines()
-        assert lines[0] == "query,rank,id,distance" and len(lines) == 1 + 4 * 5
+        assert lines[0] == "query,rank,id,distance"
+        got = [(int(q), int(r), int(i), float(d)) for q, r, i, d in (line.split(",") for line in lines[1:])]
     else:
         import pyarrow.parquet as pq
 
-        assert pq.read_table(out).num_rows == 20
+        table = pq.read_table(out).to_pydict()
+        assert list(table) == ["query", "rank", "id", "distance"]
+        got = list(zip(table["query"], table["rank"], table["id"], table["distance"]))
+    assert [g[:3] for g in got] == [e[:3] for e in expected]  # every (query, rank, id), in order
+    assert np.allclose([g[3] for g in got], [e[3] for e in expected], rtol=1e-5, atol=1e-5)
+    assert not [p for p in tmp.iterdir() if ".tmp-" in p.name]  # written beside, then renamed
 
 
 def test_query_exclude_and_json(built):
@@ -381,26 +391,13 @@ def test_tune_numpy_has_nothing_to_sweep(data):
 def test_tune_writes_search_params_into_manifest(data):
     tmp, *_ = data
     backend, params = ("faiss", ["-p", "index_type=IVF", "-p", "nlist=16"]) if "faiss" in INSTALLED else ("hnswlib", [])
-    key = "nprobe" if backend == "faiss" else "ef_search"
     result = invoke(
-        "tune",
-        tmp / "emb.npy",
-        "-b",
-        backend,
-        *params,
-        "-t",
-        "0.9",
-        "-o",
-        tmp / "t",
-        "--n-queries",
-        "30",
-        "--repeats",
-        "1",
-        "--json",
-    )
+        "tune", tmp / "emb.npy", "-b", backend, *params, "-t", "0.9", "-o", tmp / "t",
+        "--n-queries", "30", "--repeats", "1", "--json",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert key in payload["swept"]
+    assert payload["swept"] and set(payload["swept"]) <= set(payload["tune_space"])
     manifest = json.loads((tmp / "t" / "manifest.json").read_text())
     for name, value in payload["best"]["params"].items():
         assert manifest["search_params"][name] == value
