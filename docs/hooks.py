@@ -71,14 +71,14 @@ def capabilities_table() -> str:
 def params_table(name: str) -> str:
     """The parameter schema of one backend (names, aliases, defaults, kind, meaning)."""
     from rechub_serving import UnknownBackendError
-    from rechub_serving._plugins import get_backend
+    from rechub_serving import get_backend
 
     try:
         info = get_backend(name)
     except UnknownBackendError:
         return f"!!! note\n    The `{name}` backend is not installed where these docs were built.\n"
     rows = ["| parameter | aliases | type | default | kind | meaning |", "|---|---|---|---|---|---|"]
-    for param in info.builder.schema():
+    for param in info.schema():
         if param.secret:
             kind = "secret"
         elif param.search:
