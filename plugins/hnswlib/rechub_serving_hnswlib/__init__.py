@@ -1,9 +1,9 @@
-"""rechub-serving-hnswlib: an hnswlib backend for rechub-serving.
+"""rechub-serving-hnswlib: an hnswlib backend for rechub-serving, and the template of a third-party plugin.
 
-The example third-party plugin: it imports only the public face of
-``rechub_serving`` and is found through the entry point group
-``rechub_serving`` (``hnswlib = "rechub_serving_hnswlib"``), which names this
-module; pluggy calls :func:`register_backends` on it.
+Installed, it is found through the entry point ``hnswlib = "rechub_serving_hnswlib"``
+(group ``rechub_serving``), which names this module; pluggy calls
+:func:`register_backends` on it. Uninstalled, ``Builder(HnswlibBackend, ...)``
+uses the backend directly.
 
 >>> from rechub_serving import builder_factory
 >>> builder = builder_factory("hnswlib", metric="cosine", m=16, ef_search=64)  # doctest: +SKIP
@@ -11,16 +11,18 @@ module; pluggy calls :func:`register_backends` on it.
 
 from __future__ import annotations
 
-from rechub_serving import hookimpl
+from collections.abc import Callable
 
-from .backend import HnswlibBuilder, HnswlibIndexer
+from rechub_serving import Backend, hookimpl
 
-__version__ = "0.1.0"
+from .backend import DEFAULT_EF_SEARCH, HnswlibBackend, HnswlibEngine
 
-__all__ = ["HnswlibBuilder", "HnswlibIndexer", "__version__", "register_backends"]
+__version__ = "0.2.0"
+
+__all__ = ["DEFAULT_EF_SEARCH", "HnswlibBackend", "HnswlibEngine", "__version__", "register_backends"]
 
 
 @hookimpl
-def register_backends(register):
+def register_backends(register: Callable[[type[Backend]], None]) -> None:
     """The plugin's one hook: register the ``hnswlib`` backend."""
-    register(HnswlibBuilder)
+    register(HnswlibBackend)

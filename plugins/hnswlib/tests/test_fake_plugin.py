@@ -1,7 +1,7 @@
 """A plugin registered in-process, nothing installed: how a plugin author tests discovery.
 
-The fake plugin below is a complete backend in about twenty lines (brute force
-over the inner product), written against the public API only.
+The fake plugin below is a complete backend in twenty lines (brute force),
+written against the public engine protocol only.
 """
 
 from __future__ import annotations
@@ -14,36 +14,40 @@ import types
 import numpy as np
 import pytest
 
-from rechub_serving import Builder, UnknownBackendError, builder_factory, hookimpl, list_backends, list_broken_plugins
+from rechub_serving import UnknownBackendError, builder_factory, hookimpl, list_backends, list_broken_plugins
 from rechub_serving.testing import registered_plugin
 
 FAKE_PLUGIN = """
 import numpy as np
-from rechub_serving import Builder, Capabilities, Indexer, Metric, Param, hookimpl
+from rechub_serving import Backend, Capabilities, Engine, Param, RawDistance, hookimpl
 
-class FakeIndexer(Indexer):
-    def __init__(self, vectors):
-        self._vectors = vectors
-    def _search(self, queries, k, params, exclude):
-        scores = queries @ self._vectors.T
-        if self.metric is Metric.L2:
-            scores = 2 * scores - (self._vectors**2).sum(1) - (queries**2).sum(1)[:, None]
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best = np.take_along_axis(scores, top, axis=1)
-        return top, (-best if self.metric is Metric.L2 else best)
+class FakeEngine(Engine):
+    def __init__(self, vectors, metric):
+        self.vectors, self.distance = vectors, RawDistance.table(metric)
+    dim = property(lambda self: self.vectors.shape[1])
+    def __len__(self):
+        return len(self.vectors)
+    def search(self, queries, k, params, exclude):
+        if self.distance is RawDistance.SQUARED_L2:
+            cost = ((queries[:, None, :] - self.vectors[None]) ** 2).sum(-1)
+        else:
+            cost = -(queries @ self.vectors.T)
+        top = np.argsort(cost, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(cost, top, axis=1)
+        return top, (best if self.distance is RawDistance.SQUARED_L2 else -best)
 
-class FakeBuilder(Builder):
+class FakeBackend(Backend):
     name = "fake"
     params = (Param("flavour", str, "vanilla", "does nothing", choices=("vanilla", "mint")),)
     capabilities = Capabilities(exact=True, persist=False)
-    def _build(self, vectors, ids):
-        return FakeIndexer(vectors)
-    def _load(self, directory, manifest):
+    def build(self, vectors, config, ids=None):
+        return FakeEngine(vectors, config.metric)
+    def load(self, files, config):
         raise NotImplementedError
 
 @hookimpl
 def register_backends(register):
-    register(FakeBuilder)
+    register(FakeBackend)
 """
 
 
@@ -70,10 +74,10 @@ def test_a_plugin_registered_in_process_works_like_an_installed_one():
         builder_factory("fake")
 
 
-def test_a_builder_class_can_be_registered_directly():
+def test_a_backend_class_can_be_registered_directly():
     module = fake_module()
-    with registered_plugin(module.FakeBuilder, name="fake-class"):
-        assert issubclass(builder_factory("fake").__class__, Builder)
+    with registered_plugin(module.FakeBackend, name="fake-class"):
+        assert builder_factory("fake").backend is module.FakeBackend
     assert "fake" not in {b.name for b in list_backends()}
 
 

@@ -6,37 +6,43 @@ as a third-party plugin's tests would.
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
-import json
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import hnswlib
 import numpy as np
 import pytest
-from rechub_serving_hnswlib import HnswlibBuilder
+from rechub_serving_hnswlib import DEFAULT_EF_SEARCH, HnswlibBackend, backend
 
-from rechub_serving import (
-    DimensionMismatchError,
-    InvalidParameterError,
-    NotAnIndexError,
-    builder_factory,
-    list_backends,
-    open_index,
-)
+from rechub_serving import Builder, InvalidParameterError, NotAnIndexError, get_backend, open_index
 from rechub_serving.testing import BackendConformance, clustered_data, ground_truth, recall_at_k
 
 
-class TestHnswlibConformance(BackendConformance):
-    backend = "hnswlib"
+# -- the conformance suite: a Backend class, nothing installed ... ---------------------------
+class TestHnswlib(BackendConformance):
+    backend = HnswlibBackend
     params = {"m": 16, "ef_construction": 100, "threads": 2}
-    exact = False
     recall_floor = 0.95
+
+
+# -- ... and the installed backend, found by name through its entry point ----------------------
+class TestHnswlibInstalled(BackendConformance):
+    backend = "hnswlib"
+    params = {"m": 8, "ef_construction": 50, "threads": 1}
+    recall_floor = 0.95
+    metrics = ("cosine",)
 
 
 def hnsw(**params):
     """A builder with a cheaper default build (these tests need a graph, not the best one)."""
-    return builder_factory("hnswlib", **{"ef_construction": 64, **params})
+    return Builder(HnswlibBackend, **{"ef_construction": 64, **params})
+
+
+def raw_graph(saved: Path, space: str = "l2", dim: int = 16) -> hnswlib.Index:
+    """The graph a saved index holds, opened with hnswlib itself."""
+    raw = hnswlib.Index(space=space, dim=dim)
+    raw.load_index(str(saved / "engine" / "index.hnsw"))
+    return raw
 
 
 @pytest.fixture(scope="module")
@@ -46,34 +52,35 @@ def items() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def queries() -> np.ndarray:
-    return clustered_data(50, 16, seed=1)
+    return clustered_data(50, 16, seed=1, centres_seed=0)
 
 
-# -- discovery ------------------------------------------------------------------------
+# -- discovery and parameters ---------------------------------------------------------------
 def test_found_through_its_entry_point():
     (ep,) = [ep for ep in entry_points(group="rechub_serving") if ep.name == "hnswlib"]
     assert ep.value == "rechub_serving_hnswlib"  # a module, as pluggy needs
-    info = {b.name: b for b in list_backends()}["hnswlib"]
-    assert info.distribution == "rechub-serving-hnswlib"
-    assert info.builder is HnswlibBuilder
-    assert info.engine_version and info.capabilities.add and info.capabilities.remove
-    assert not info.capabilities.exact and not info.capabilities.native_filter
+    info = get_backend("hnswlib")
+    assert info.backend is HnswlibBackend and info.distribution == "rechub-serving-hnswlib"
+    assert info.engine_version and info.engine_version.startswith("hnswlib ")
 
 
-def test_parameter_schema_and_aliases():
-    builder = builder_factory("hnswlib", M=8, efConstruction=40, efSearch=30, num_threads=1, random_seed=7)
+def test_parameter_schema_aliases_and_bounds():
+    builder = Builder(HnswlibBackend, M=8, efConstruction=40, efSearch=30, num_threads=1, random_seed=7)
     assert builder.config.items() >= {"m": 8, "ef_construction": 40, "ef_search": 30, "threads": 1, "seed": 7}.items()
     assert "threads" not in builder.build_params  # a runtime option, never saved
-    assert builder_factory("hnswlib", ef=12).config["ef_search"] == 12
+    assert hnsw().search_params == {"ef_search": DEFAULT_EF_SEARCH}
     with pytest.raises(InvalidParameterError, match="ef_construction"):
-        builder_factory("hnswlib", m=32, ef_construction=16)
-    with pytest.raises(InvalidParameterError):
-        builder_factory("hnswlib", m=1)
+        hnsw(m=32, ef_construction=16)
+    for param in HnswlibBackend.params:
+        assert param.type is not int or param.maximum is not None, f"{param.name} has no upper bound"
+        if param.type is int:
+            with pytest.raises(InvalidParameterError, match="too large"):
+                Builder(HnswlibBackend, **{param.name: 2**63})
 
 
-# -- the metric table ---------------------------------------------------------------------
-def test_engine_numbers_are_what_the_conversions_assume(items, queries):
-    """hnswlib's l2 is squared; its ip is 1 - <q, x>."""
+# -- distances and per-call ef_search -------------------------------------------------------
+def test_engine_numbers_are_what_the_protocol_is_told(items, queries):
+    """hnswlib's l2 is squared (RawDistance.SQUARED_L2); its ip is 1 - <q, x> (RawDistance.ONE_MINUS_IP)."""
     for space in ("l2", "ip"):
         raw = hnswlib.Index(space=space, dim=16)
         raw.init_index(len(items))
@@ -87,132 +94,82 @@ def test_engine_numbers_are_what_the_conversions_assume(items, queries):
         np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_distances_follow_the_metric_table(items, queries, metric):
-    with hnsw(metric=metric).from_embeddings(items) as index:
-        res = index.query(queries, 10)
-    x = items[res.indices]
-    if metric == "l2":
-        expected = ((x - queries[:, None]) ** 2).sum(-1)
-    elif metric == "ip":
-        expected = np.einsum("qkd,qd->qk", x, queries)
-    else:
-        xn = x / np.linalg.norm(x, axis=-1, keepdims=True)
-        qn = queries / np.linalg.norm(queries, axis=-1, keepdims=True)
-        expected = np.einsum("qkd,qd->qk", xn, qn)
-    np.testing.assert_allclose(res.distances, expected, rtol=1e-4, atol=1e-4)
-    step = np.diff(res.distances, axis=1)
-    assert (step >= -1e-6).all() if metric == "l2" else (step <= 1e-6).all()
-
-
-# -- per-call ef_search -------------------------------------------------------------------
 def test_per_call_ef_search_equals_hnswlib_set_ef(items, queries, tmp_path):
     """ef_search per call gives exactly hnswlib's set_ef(ef) + knn_query(k) on the same graph."""
     with hnsw(m=8, ef_construction=40, seed=3).from_embeddings(items) as index:
         index.save(tmp_path / "idx")
         ours = {ef: index.query(queries, 10, ef_search=ef).indices for ef in (10, 20, 80)}
-    raw = hnswlib.Index(space="l2", dim=16)
-    raw.load_index(
-        str(
-            tmp_path / "idx" / "engine" / json.loads((tmp_path / "idx" / "manifest.json").read_text())["engine"]["file"]
-        )
-    )
+        assert index.params["ef_search"] == DEFAULT_EF_SEARCH  # defaults untouched by per-call values
+    raw = raw_graph(tmp_path / "idx")
     for ef, found in ours.items():
         raw.set_ef(ef)
         labels, _ = raw.knn_query(queries, k=10)
         np.testing.assert_array_equal(found, labels.astype(np.int64))
+    truth, _ = ground_truth(items, queries, 10, "l2")
+    assert recall_at_k(ours[10], truth) < recall_at_k(ours[80], truth)
 
 
-def test_concurrent_queries_with_different_ef_search_are_isolated(items):
-    queries = clustered_data(200, 16, seed=4)
-    with hnsw(m=4, ef_construction=20, seed=1).from_embeddings(items) as index:
-        efs = [10, 11, 40, 200]
-        serial = {ef: index.query(queries, 10, ef_search=ef).indices for ef in efs}
-        truth, _ = ground_truth(items, queries, 10, "l2")
-        assert recall_at_k(serial[10], truth) < recall_at_k(serial[200], truth)  # ef really changes the search
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            jobs = [(ef, pool.submit(index.query, queries, 10, ef_search=ef)) for ef in efs * 8]
-            for ef, job in jobs:
-                np.testing.assert_array_equal(job.result().indices, serial[ef])
-        assert index.params["ef_search"] is None  # defaults untouched by per-call values
+def test_wide_searches_are_split_into_bounded_calls(items, queries, monkeypatch):
+    """ef_search results per query cost memory: a batch is searched in slices of RESULT_SLOTS // ef rows."""
+    with hnsw(threads=1).from_embeddings(items) as index:
+        whole = index.query(queries, 10, ef_search=40)
+        monkeypatch.setattr(backend, "RESULT_SLOTS", 3 * 40 + 1)  # three queries per call
+        sliced = index.query(queries, 10, ef_search=40)
+    np.testing.assert_array_equal(sliced.indices, whole.indices)
+    np.testing.assert_array_equal(sliced.distances, whole.distances)
 
 
-# -- add / remove -------------------------------------------------------------------------
+# -- add / remove / short results -------------------------------------------------------------
 def test_add_grows_capacity_and_remove_hides_items(items, tmp_path):
     first, more = items[:100], items[100:400]
-    with hnsw(metric="l2", threads=1).from_embeddings(first, ids=np.arange(100) + 5000) as index:
+    with hnsw(threads=1).from_embeddings(first, ids=np.arange(100) + 5000) as index:
         for start in range(0, 300, 60):  # several resizes
             index.add(more[start : start + 60], ids=np.arange(start, start + 60) + 9000)
         assert len(index) == 400
         np.testing.assert_array_equal(index.query(more[:20], 1).indices[:, 0], np.arange(20) + 9000)
         assert index.remove(np.arange(20) + 9000) == 20
-        assert len(index) == 380
-        res = index.query(more[:20], 5)
-        assert not set(res.indices.ravel().tolist()) & set(range(9000, 9020))
+        assert not set(index.query(more[:20], 5).indices.ravel().tolist()) & set(range(9000, 9020))
         index.add(more[:5], ids=[1, 2, 3, 4, 5])  # removed vectors come back under new ids
         np.testing.assert_array_equal(index.query(more[:5], 1).indices[:, 0], [1, 2, 3, 4, 5])
         index.save(tmp_path / "idx")
         expected = index.query(items[:50], 10).indices
     with open_index(tmp_path / "idx") as loaded:
-        assert len(loaded) == 385
+        assert len(loaded) == 385  # counted from the file's deleted marks, not taken from the manifest
         np.testing.assert_array_equal(loaded.query(items[:50], 10).indices, expected)
-        assert not set(loaded.query(more[5:20], 5).indices.ravel().tolist()) & set(range(9005, 9020))
         loaded.add(items[400:410], ids=np.arange(10) + 7000)  # a loaded graph grows too
         assert len(loaded) == 395
 
 
-def test_removing_almost_everything_pads_instead_of_raising(items):
-    with hnsw(m=2, ef_construction=4, threads=1).from_embeddings(items[:300]) as index:
-        index.remove(np.arange(5, 300))
-        res = index.query(items[:40], 5, ef_search=5)
-        assert res.indices.shape == (40, 5)
-        found = res.indices[res.valid]
-        assert set(found.tolist()) <= set(range(5))
+def test_short_results_are_every_reachable_item_padded(items, tmp_path):
+    """A graph cut off by removals: each row holds all the live items its search reaches, then -1.
 
-
-def test_short_rows_are_padded_with_minus_one(items):
-    """The fallback for hnswlib's 'cannot return the results in a contiguous 2D array'."""
-    with hnsw(threads=1).from_embeddings(items[:200]) as index:
-        keep = {3, 7, 11}
-        labels, _ = index._knn(items[:4], 10, lambda label: label in keep)  # hnswlib raises on this
-        assert labels.shape == (4, 10)
-        assert all(set(row[:3].tolist()) == keep for row in labels) and (labels[:, 3:] == -1).all()
-
-
-def test_native_filter_path_matches_over_fetch(items, queries):
-    """The native filter path (off by default: over-fetch measured faster) stays correct."""
-
-    class NativeFilter(HnswlibBuilder):
-        capabilities = dataclasses.replace(HnswlibBuilder.capabilities, native_filter=True)
-
-    truth, _ = ground_truth(items, queries, 5, "l2")
-    exclude = [row.tolist() for row in truth]
-    exclude[0] = []
-    with (
-        NativeFilter(ef_search=200).from_embeddings(items) as native,
-        hnsw(ef_search=200).from_embeddings(items) as over,
-    ):
-        a = native.query(queries, 10, exclude=exclude).indices
-        b = over.query(queries, 10, exclude=exclude).indices
-    for row, banned in zip(a, exclude):
-        assert not set(row.tolist()) & set(banned)
-    assert recall_at_k(a, b) >= 0.95
-
-
-# -- saving and adopting -------------------------------------------------------------------
-def test_saved_layout_and_search_overrides(items, queries, tmp_path):
-    with hnsw(metric="cosine", ef_search=20, threads=1).from_embeddings(items) as index:
+    hnswlib raises for such rows; the reference is the largest k hnswlib itself accepts, row by row.
+    """
+    with hnsw(m=2, ef_construction=2, seed=5, threads=1).from_embeddings(items[:300]) as index:
+        index.remove(np.random.default_rng(1).permutation(300)[:240])
+        res = index.query(items[:60], 6, ef_search=1)
         index.save(tmp_path / "idx")
-    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["engine"]["file"] in {p.name for p in (tmp_path / "idx" / "engine").iterdir()}
-    assert manifest["engine"]["space"] == "ip" and manifest["search_params"] == {"ef_search": 20}
-    assert "threads" not in manifest["params"]
-    with open_index(tmp_path / "idx", ef_search=300) as loaded:
-        assert loaded.params["ef_search"] == 300
-        truth, _ = ground_truth(items, queries, 10, "cosine")
-        assert recall_at_k(loaded.query(queries, 10).indices, truth) >= 0.99
+    raw = raw_graph(tmp_path / "idx")
+    raw.set_ef(1)
+    reached = []
+    for query, row, valid in zip(items[:60], res.indices, res.valid):
+        reachable = max(k for k in range(7) if k == 0 or _answers(raw, query, k))
+        assert valid.sum() == reachable and (row[reachable:] == -1).all()
+        if reachable:
+            np.testing.assert_array_equal(row[:reachable], raw.knn_query(query, k=reachable)[0][0])
+        reached.append(reachable)
+    assert {0 < r < 6 for r in reached} == {True, False}, "the test must mix short and full rows"
 
 
+def _answers(raw: hnswlib.Index, query: np.ndarray, k: int) -> bool:
+    try:
+        raw.knn_query(query, k=k)
+        return True
+    except RuntimeError:
+        return False
+
+
+# -- native files ----------------------------------------------------------------------------------
 def test_adopts_a_bare_hnswlib_file(items, queries, tmp_path):
     raw = hnswlib.Index(space="cosine", dim=16)
     raw.init_index(len(items) + 10, M=8)
@@ -223,8 +180,8 @@ def test_adopts_a_bare_hnswlib_file(items, queries, tmp_path):
         assert (len(index), index.dim) == (len(items) - 1, 16)
         truth, _ = ground_truth(items[:-1], queries, 10, "cosine")
         assert recall_at_k(index.query(queries, 10).indices, truth) >= 0.95
-    with pytest.raises(DimensionMismatchError):
-        hnsw(dim=8).from_index_file(tmp_path / "items.bin")
+        index.add(items[-1:], ids=[len(items) - 1])  # the deleted slot's label comes back to life
+        assert index.query(items[-1], 1).indices[0, 0] == len(items) - 1
 
 
 def test_refuses_files_it_cannot_adopt(items, tmp_path):
