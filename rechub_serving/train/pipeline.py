@@ -35,7 +35,7 @@ DEFAULT_TEMPERATURE = {0: 0.1, 1: 0.1, 2: 0.2}
 DEFAULT_USER_TOWER = "sequence"
 DEFAULT_EMBED_DIM = 32
 DEFAULT_LR = 1e-3
-DEFAULT_MAX_EPOCHS = 100
+DEFAULT_MAX_EPOCHS = 100  # the same as trainer.DEFAULT_MAX_EPOCHS (the trainer module needs torch)
 DEFAULT_PATIENCE = 5
 DEFAULT_TOWER_PARAMS: dict[str, Any] = {"dims": [128, 64, 32], "activation": "prelu"}
 

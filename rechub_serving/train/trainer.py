@@ -32,13 +32,17 @@ from .evaluate import evaluate_retrieval, most_popular_baseline
 from .model import DSSM
 from .preprocess import OFFSET, PAD, EvalSplit, MatchData
 
-__all__ = ["DEFAULT_THREADS", "MatchTrainer", "default_threads"]
+__all__ = ["DEFAULT_MAX_EPOCHS", "DEFAULT_PATIENCE", "DEFAULT_THREADS", "MatchTrainer", "default_threads"]
 
 logger = logging.getLogger("rechub_serving.train")
 
 # torch's intra-op threads while training (see default_threads). Measured in
 # docs/benchmarks/train-threads.md.
 DEFAULT_THREADS = 1
+# Up to this many epochs, stopping after DEFAULT_PATIENCE without a better validation recall
+# (docs/benchmarks/train-sweep.md: the best epochs land between 5 and 40).
+DEFAULT_MAX_EPOCHS = 100
+DEFAULT_PATIENCE = 5
 
 
 def default_threads() -> int:
@@ -72,9 +76,9 @@ class MatchTrainer:
         mode: int = 2,
         *,
         optimizer_params: Mapping[str, Any] | None = None,
-        n_epoch: int = 10,
+        n_epoch: int = DEFAULT_MAX_EPOCHS,
         batch_size: int = 1024,
-        earlystop_patience: int = 2,
+        earlystop_patience: int = DEFAULT_PATIENCE,
         eval_k: int = 10,
         logq_correction: bool = False,
         device: str | torch.device = "cpu",
@@ -379,8 +383,29 @@ class MatchTrainer:
         this trainer's model, ``data_loader`` is a :class:`MatchData`, a dict
         of encoded arrays or an iterable of such dict batches (a torch
         ``DataLoader``), and ``model_path`` a checkpoint directory whose best
-        weights are loaded first.
+        weights are loaded first; like torch-rechub's, that call returns a CPU
+        torch tensor.
         """
+        compat = isinstance(mode, torch.nn.Module) or model is not None or data_loader is not None
+        if compat:  # torch-rechub's call returns what torch-rechub returned: a CPU torch tensor
+            args = (mode, data, split, inputs, batch_size)
+            return torch.from_numpy(
+                self._inference_compat(*args, model=model, data_loader=data_loader, model_path=model_path)
+            )
+        return self._inference_compat(mode, data, split, inputs, batch_size, model_path=model_path)
+
+    def _inference_compat(
+        self,
+        mode: Any,
+        data: Any,
+        split: Any,
+        inputs: Any,
+        batch_size: int,
+        *,
+        model: torch.nn.Module | None = None,
+        data_loader: Any = None,
+        model_path: str | Path | None = None,
+    ) -> np.ndarray:
         if isinstance(mode, torch.nn.Module):  # torch-rechub's positional order: (model, mode, data_loader, model_path)
             model, mode, data_loader, model_path = (
                 mode,
@@ -433,7 +458,9 @@ class MatchTrainer:
 
     def _embed_batches(self, mode: str, batches: Iterable[Mapping[str, Any]]) -> np.ndarray:
         """Run a tower over an iterable of feature dicts (a DataLoader's batches)."""
-        out = [self.inference_embedding(mode, inputs={k: np.asarray(v) for k, v in b.items()}) for b in batches]
+        out = [
+            self._inference_compat(mode, None, "test", {k: np.asarray(v) for k, v in b.items()}, 4096) for b in batches
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
 
     def evaluate(

@@ -99,11 +99,13 @@ def test_torch_rechub_calls_work(data, tmp_path):
     want = trainer.inference_embedding("user", data)
     inputs = data.user_inputs(data.test.user, data.test.hist)
     got = trainer.inference_embedding(model, "user", inputs, str(tmp_path / "m"))  # positional, their order
-    assert np.allclose(got, want, atol=1e-6)
+    assert isinstance(got, torch.Tensor) and np.allclose(got.numpy(), want, atol=1e-6)  # a tensor, as theirs
     got = trainer.inference_embedding(model=model, mode="user", data_loader=inputs, model_path=str(tmp_path / "m"))
-    assert np.allclose(got, want, atol=1e-6)
+    assert np.allclose(got.numpy(), want, atol=1e-6)
     batches = [{k: v[s : s + 7] for k, v in inputs.items()} for s in range(0, len(data.test), 7)]  # a DataLoader
-    assert np.allclose(trainer.inference_embedding(model=model, mode="user", data_loader=batches), want, atol=1e-6)
+    assert np.allclose(
+        trainer.inference_embedding(model=model, mode="user", data_loader=batches).numpy(), want, atol=1e-6
+    )
     items = trainer.inference_embedding(model, "item", data.item_inputs(data.catalog), None)
     assert items.shape == (len(data.catalog), 8)
     other = _trainer(data).model

@@ -151,7 +151,20 @@ def test_prepare_match_data(small, mode):
     seen = data.test.seen(data.sorted_items)
     assert all(data.test.target[i] not in seen[i] for i in range(len(seen)))
     assert (data.test.hist[:, -1] == data.val.target).all()
+    assert data.item_table["year"][PAD] == PAD and data.item_table["year"][2:].min() >= 2
+    assert data.item_table["genres"].ndim == 2 and (data.item_table["genres"][2:, -1] >= 2).all()
+
+
+def test_prepare_match_data_with_torch_rechub_item_features(small):
+    data = prepare_match_data(small, item_features=("movie_id", "cate_id"), seq_max_len=4)
+    assert data.item_features == ["movie_id", "cate_id"]
     assert data.item_table["cate_id"][PAD] == PAD and data.item_table["cate_id"][2:].min() >= 2
+    first = small.movies.set_index("movie_id")["genres"].str.split("|").str[0]
+    codes = data.vocabularies["movie_id"].encode(first.index.to_numpy())
+    got = data.vocabularies["cate_id"].decode(data.item_table["cate_id"][codes])
+    assert got.tolist() == first.tolist()
+    with pytest.raises(RechubError, match="not columns of the movies frame"):
+        prepare_match_data(small, item_features=("movie_id", "budget"))
 
 
 def _serve(directory: Path):

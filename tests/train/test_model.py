@@ -100,7 +100,9 @@ def tiny():
 def _fit(tiny, mode, seed=0, **kw):
     data = prepare_match_data(tiny, mode=mode, seq_max_len=8, neg_ratio=2, seed=seed)
     torch.manual_seed(seed)
-    model = build_dssm(data, embed_dim=8, user_params={"dims": [16, 8]}, item_params={"dims": [16, 8]})
+    model = build_dssm(
+        data, embed_dim=8, user_params={"dims": [16, 8]}, item_params={"dims": [16, 8]}, user_tower="mlp"
+    )
     trainer = MatchTrainer(model, mode=mode, n_epoch=2, batch_size=128, seed=seed, progress=False, threads=1, **kw)
     trainer.fit(data)
     return data, trainer

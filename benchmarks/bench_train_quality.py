@@ -1,0 +1,185 @@
+"""Quality and training time with the defaults: both user towers, most-popular and torch-rechub 0.9.0's DSSM.
+
+Run: ``python benchmarks/bench_train_quality.py [--datasets ml-100k,synthetic] [--no-trh]``.
+Writes docs/benchmarks/train-quality.md. torch-rechub's rows need
+``torch-rechub==0.9.0`` and scikit-learn in the running interpreter (they are
+left out, with a note, when it is missing).
+
+Protocol (the same for every row): each user's last interaction by time
+(ties keep the file order) is the test item; the model recommends 10 items
+over the full catalogue, the user's earlier items excluded; Recall@10 (= Hit@10,
+one test item per user) and NDCG@10 are averaged over users. Ours train
+through ``train_dssm`` with nothing but its defaults (the second-to-last
+interaction is the validation row for early stopping). torch-rechub trains
+with its tutorial's pipeline and model (``generate_seq_feature_match`` mode 0,
+3 popularity negatives, ``gen_model_input(seq_max_len=50)``, DSSM [256, 128,
+64]) at lr 1e-3 for 10 epochs on every interaction but the last (the tutorial's
+1e-4 barely moves), and is scored by the same evaluator on its own test split,
+whose test items match ours for the share of users given in the table (the
+rest are timestamp ties it orders differently).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_train_data
+from _common import markdown_table, write_report
+
+TRH_EPOCHS = 10
+TRH_LR = 1e-3
+TRH_BATCH = 1024
+
+
+def ours(movielens, tower: str) -> dict:
+    from rechub_serving.train import train_dssm
+
+    start = time.perf_counter()
+    result = train_dssm(movielens, user_tower=tower, progress=False, ks=(10,))
+    total = time.perf_counter() - start
+    return {
+        **result.metrics,
+        "seconds": total,
+        "fit_seconds": sum(h["seconds"] for h in result.history),
+        "epochs": len(result.history),
+        "baseline": result.baseline,
+        "targets": dict(
+            zip(
+                result.data.vocabularies["user_id"].decode(result.data.test.user).tolist(),
+                result.data.vocabularies["movie_id"].decode(result.data.test.target).tolist(),
+            )
+        ),
+    }
+
+
+def trh(movielens, ours_targets: dict) -> dict:
+    """torch-rechub 0.9.0's DSSM (tutorial pipeline and model) on the same data, scored by our evaluator."""
+    import bench_train_vs_torch_rechub as vs
+    import torch
+
+    from rechub_serving.train import evaluate_retrieval
+
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = movielens.write_joined_csv(Path(tmp) / "data.csv")
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            tdata, _ = vs.trh_prepare(csv)
+        prep_s = time.perf_counter() - start
+        torch.manual_seed(0)
+        model = vs.trh_model(tdata)
+        trainer = vs.trh_trainer(model, tmp, lr=TRH_LR, n_epoch=TRH_EPOCHS)
+        train_dl, test_dl, item_dl = vs.trh_loaders(tdata, None, TRH_BATCH, 0)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            start = time.perf_counter()
+            trainer.fit(train_dl)
+            fit_s = time.perf_counter() - start
+            users = trainer.inference_embedding(model, "user", test_dl, tmp).numpy()
+            items = trainer.inference_embedding(model, "item", item_dl, tmp).numpy()
+        metrics = evaluate_retrieval(
+            users,
+            items,
+            np.asarray(tdata.x_test["movie_id"]),
+            item_ids=np.asarray(tdata.all_item["movie_id"]),
+            exclude=[np.asarray(h, dtype=np.int64) for h in tdata.hist_test],
+            ks=(10,),
+        )
+        same = vs._same_targets(csv, tdata, ours_targets)
+    return {**metrics, "seconds": prep_s + fit_s, "fit_seconds": fit_s, "epochs": TRH_EPOCHS, "same": same}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="ml-100k,synthetic")
+    parser.add_argument("--no-trh", action="store_true", help="leave torch-rechub out")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from rechub_serving.train.trainer import default_threads
+
+    with_trh = not args.no_trh and importlib.util.find_spec("torch_rechub") is not None
+    started = time.perf_counter()
+    sections = []
+    for name in args.datasets.split(","):
+        movielens = bench_train_data.DATASETS[name]()
+        shape = (
+            f"{len(movielens.ratings):,} interactions, {movielens.ratings['user_id'].nunique():,} users, "
+            f"{movielens.ratings['movie_id'].nunique():,} items"
+        )
+        results = {t: ours(movielens, t) for t in ("sequence", "mlp")}
+        print(name, {t: {k: v for k, v in r.items() if k not in ("targets", "baseline")} for t, r in results.items()})
+        mp = results["sequence"]["baseline"]
+        rows = []
+        for tower, r in results.items():
+            rows.append(
+                [
+                    f"rechub-serving, {tower} user tower{' (default)' if tower == 'sequence' else ''}",
+                    f"{r['recall@10']:.4f}",
+                    f"**{r['recall@10'] / mp['recall@10']:.2f}x**",
+                    f"{r['ndcg@10']:.4f}",
+                    f"**{r['ndcg@10'] / mp['ndcg@10']:.2f}x**",
+                    r["epochs"],
+                    f"{r['fit_seconds']:.0f}",
+                    f"{r['seconds']:.0f}",
+                ]
+            )
+        note = ""
+        if with_trh:
+            t = trh(movielens, results["sequence"]["targets"])
+            print(name, "trh", t)
+            rows.append(
+                [
+                    "torch-rechub 0.9.0 DSSM (tutorial model, lr 1e-3, 10 epochs)",
+                    f"{t['recall@10']:.4f}",
+                    f"{t['recall@10'] / mp['recall@10']:.2f}x",
+                    f"{t['ndcg@10']:.4f}",
+                    f"{t['ndcg@10'] / mp['ndcg@10']:.2f}x",
+                    t["epochs"],
+                    f"{t['fit_seconds']:.0f}",
+                    f"{t['seconds']:.0f}",
+                ]
+            )
+            note = f" torch-rechub's test item is the same as ours for {t['same']:.1%} of users."
+        else:
+            note = " torch-rechub is not installed in this interpreter: its row is left out."
+        rows.append(
+            ["most popular (unseen)", f"{mp['recall@10']:.4f}", "1.00x", f"{mp['ndcg@10']:.4f}", "1.00x", "", "", ""]
+        )
+        sections.append(
+            f"## {name}: {shape}\n\n"
+            + markdown_table(
+                ["model", "recall@10", "vs most popular", "ndcg@10", "vs most popular", "epochs", "fit s", "total s"],
+                rows,
+            )
+            + f"\n\n**fit s** is the training loop (with the per-epoch validation); **total s** adds reading nothing, "
+            f"preparing the data, evaluating and the most-popular baseline (for torch-rechub: its data preparation "
+            f"and training).{note}"
+        )
+    body = (
+        "**Data.** *ml-100k*: the real GroupLens MovieLens-100K ratings (943 users, 1,682 movies, genres and "
+        "release years) as RecBole 1.2.1 ships them in its wheel, fetched with pip and sha256-checked "
+        "(`benchmarks/bench_train_data.py`; used here only, never committed). *synthetic*: what "
+        "`rechub-index train --synthetic` generates (2,000 users, 1,000 items, 100,000 interactions).\n\n"
+        f"{__doc__.split(chr(10) + chr(10))[2]}\n\n"
+        f"Defaults of `train_dssm` / `rechub-index train`: list-wise mode 2, embeddings 32, lr 1e-3, up to 100 epochs "
+        f"with early stopping after 5 without a better validation recall@10, {default_threads()} torch thread(s). "
+        f"Every training runs alone (one after another), in {time.perf_counter() - started:,.0f} s in all.\n\n"
+        + "\n\n".join(sections)
+    )
+    out = write_report("train-quality", "Trainer quality with the defaults", body, args.out)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    main()

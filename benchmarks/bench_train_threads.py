@@ -1,0 +1,116 @@
+"""How many torch threads should the trainer use by default? Epoch time per thread count, idle and busy machine.
+
+Run: ``python benchmarks/bench_train_threads.py [--repeats 3] [--epochs 2]``.
+Writes docs/benchmarks/train-threads.md.
+
+Each measurement trains the default model of one user tower on
+MovieLens-100K (real data, see bench_train_data.py) for ``--epochs`` epochs
+(with the per-epoch validation, as training does) in a fresh subprocess with
+``threads=N``, and records the mean wall time of an epoch. "busy" runs the
+same while another process keeps one of the cores fully busy (a pure-Python
+spin loop), the situation of a shared 2-core machine or a laptop with a
+browser open. Settings are interleaved across repeats, so all see the same
+background load; medians are reported with their spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table, spread, write_report
+
+
+def run_one(tower: str, threads: int, epochs: int) -> dict:
+    import bench_train_data
+    import torch
+
+    from rechub_serving.train import build_dssm, prepare_match_data
+    from rechub_serving.train.trainer import MatchTrainer
+
+    data = prepare_match_data(bench_train_data.ml100k(), mode=2)
+    torch.manual_seed(0)
+    model = build_dssm(data, user_tower=tower)
+    trainer = MatchTrainer(model, mode=2, n_epoch=epochs, progress=False, threads=threads, earlystop_patience=0)
+    start = time.perf_counter()
+    trainer.fit(data)
+    return {"epoch_s": (time.perf_counter() - start) / epochs}
+
+
+def _measure(tower: str, threads: int, epochs: int) -> float:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RECHUB_TRAIN_THREADS"):
+        env.pop(var, None)
+    cmd = [sys.executable, __file__, "--_one", json.dumps([tower, threads, epochs])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["epoch_s"]
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._one:
+        print(json.dumps(run_one(*json.loads(args._one))))
+        return None
+    import torch
+
+    counts = [int(t) for t in args.threads.split(",")]
+    started = time.perf_counter()
+    results: dict[tuple, list[float]] = {}
+    for load in ("idle", "busy"):
+        spinner = None
+        if load == "busy":
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            for _ in range(args.repeats):
+                for tower in ("sequence", "mlp"):
+                    for n in counts:
+                        seconds = _measure(tower, n, args.epochs)
+                        results.setdefault((load, tower, n), []).append(seconds)
+                        print(load, tower, n, f"{seconds:.2f}", flush=True)
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    rows = []
+    for load in ("idle", "busy"):
+        for tower in ("sequence", "mlp"):
+            one = results[(load, tower, 1)]
+            for n in counts:
+                times = results[(load, tower, n)]
+                ratios = [a / b for a, b in zip(times, one)]
+                rows.append([load, tower, n, spread(times), spread(ratios)])
+    import statistics
+
+    top = max(counts)
+    verdict = []
+    for load in ("idle", "busy"):
+        for tower in ("sequence", "mlp"):
+            r = statistics.median(a / b for a, b in zip(results[(load, tower, top)], results[(load, tower, 1)]))
+            verdict.append(f"{load}, {tower}: {top} threads take {r:.2f}x the time of 1")
+    body = (
+        "**Result.** " + "; ".join(verdict) + ". The default (`DEFAULT_THREADS` in "
+        "`rechub_serving/train/trainer.py`, overridable with `threads=`, `--threads` or `$RECHUB_TRAIN_THREADS`) "
+        "is the count that is never slower on a busy machine.\n\n"
+        f"torch's own default on this machine: {torch.get_num_threads()} threads. "
+        f"{args.repeats} repeats, {args.epochs} epochs each, {time.perf_counter() - started:,.0f} s in all.\n\n"
+        + markdown_table(["machine", "user tower", "threads", "s per epoch", "time vs 1 thread"], rows)
+    )
+    out = write_report("train-threads", "Trainer threads: one thread against torch's default", body, args.out)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
