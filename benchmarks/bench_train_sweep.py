@@ -7,8 +7,12 @@ here are for comparing configurations, not absolute: the quality benchmark
 times the defaults alone). Defaults are chosen on the validation recall
 (each user's second-to-last interaction), never on the test split.
 
-Data: MovieLens-100K (the real data set RecBole ships, see bench_train_data.py)
-and the synthetic MovieLens-shaped data of ``rechub-index train --synthetic``.
+Data: MovieLens-100K (the real data set RecBole ships, see bench_train_data.py),
+where both towers are swept, and the synthetic MovieLens-shaped data of
+``rechub-index train --synthetic``, where the learning rate of the default
+(sequence) tower is checked. Each finished training is appended to
+``--results`` (JSON lines), and a rerun skips what is there, so an
+interrupted sweep continues where it stopped.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ CONFIGS = [
     {"lr": 1e-3, "embed_dim": 16},
     {"lr": 1e-3, "embed_dim": 64},
 ]
-EXTRA = {"sequence": [{"lr": 1e-3, "embed_dim": 32, "user_params": {"dims": [128, 64, 32], "n_layers": 1}}]}
+# (data set, tower) -> configurations
+PLAN = {
+    ("ml-100k", "sequence"): CONFIGS,
+    ("ml-100k", "mlp"): CONFIGS,
+    ("synthetic", "sequence"): CONFIGS[:3],
+}
 
 
 def run_one(spec: dict) -> dict:
@@ -60,12 +69,19 @@ def run_one(spec: dict) -> dict:
     }
 
 
-def _subprocess(spec: dict) -> dict:
+def _key(spec: dict) -> str:
+    return json.dumps({k: spec[k] for k in sorted(spec) if k in ("data", "user_tower", "lr", "embed_dim", "n_epoch")})
+
+
+def _subprocess(spec: dict, results: Path) -> dict:
     cmd = [sys.executable, __file__, "--_one", json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {**spec, "error": proc.stderr.strip().splitlines()[-1:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(results, "a") as fh:
+        fh.write(json.dumps(out) + "\n")
+    return out
 
 
 def _label(spec: dict) -> str:
@@ -79,33 +95,43 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--datasets", default="ml-100k,synthetic")
     parser.add_argument("--quick", action="store_true", help="two configurations, few epochs: a smoke run")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=Path("train-sweep-results.jsonl"), help="JSON lines cache")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._one:
         print(json.dumps(run_one(json.loads(args._one))))
         return None
     specs = []
-    for data in args.datasets.split(","):
-        for tower in ("sequence", "mlp"):
-            for cfg in CONFIGS[:2] if args.quick else CONFIGS + EXTRA.get(tower, []):
-                spec = {"data": data, "user_tower": tower, **cfg}
-                if args.quick:
-                    spec["n_epoch"] = 2
-                specs.append(spec)
+    for (data, tower), configs in PLAN.items():
+        if data not in args.datasets.split(","):
+            continue
+        for cfg in configs[:2] if args.quick else configs:
+            spec = {"data": data, "user_tower": tower, **cfg}
+            if args.quick:
+                spec["n_epoch"] = 2
+            specs.append(spec)
+    done = {}
+    if args.results.is_file():
+        for line in args.results.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[_key(r)] = r
+    todo = [s for s in specs if _key(s) not in done]
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(_subprocess, specs))
+        fresh = {_key(r): r for r in pool.map(lambda s: _subprocess(s, args.results), todo)}
+    results = [done.get(_key(s)) or fresh[_key(s)] for s in specs]
     for r in results:
         print(json.dumps(r))
     sections = [
-        f"{len(specs)} trainings, {args.jobs} side by side, one torch thread each, in "
-        f"{time.perf_counter() - started:,.0f} s. Everything else at the defaults of `train_dssm` (list-wise mode 2, "
+        f"{len(specs)} trainings ({len(todo)} in this run, {time.perf_counter() - started:,.0f} s), {args.jobs} side by "
+        "side, one torch thread each. Everything else at the defaults of `train_dssm` (list-wise mode 2, "
         "in-batch softmax with log-popularity correction, up to 100 epochs, early stopping after 5 epochs without a "
         "better validation recall@10, best epoch restored). **val** is recall@10 on each user's second-to-last "
         "interaction (what early stopping and this sweep choose on); **test** is the held-out last interaction "
         "(full catalogue, the user's earlier items excluded). Times are with two trainings sharing the 2 cores."
     ]
-    for data in args.datasets.split(","):
+    for data in dict.fromkeys(s["data"] for s in specs):
         rows = []
         subset = [r for r in results if r["data"] == data]
         for r in subset:
