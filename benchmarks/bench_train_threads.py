@@ -6,10 +6,12 @@ Writes docs/benchmarks/train-threads.md.
 Each measurement trains the default model of one user tower on
 MovieLens-100K (real data, see bench_train_data.py) for ``--epochs`` epochs
 (with the per-epoch validation, as training does) in a fresh subprocess with
-``threads=N``, and records the mean wall time of an epoch. "busy" runs the
-same while another process keeps one of the cores fully busy (a pure-Python
-spin loop), the situation of a shared 2-core machine or a laptop with a
-browser open. Settings are interleaved across repeats, so all see the same
+``threads=N``, and records the mean wall time of an epoch. "one core kept busy" runs the
+same while another process of this script keeps one core fully busy (a
+pure-Python spin loop), the situation of a shared 2-core machine or a laptop
+with a browser open; "as found" adds nothing to whatever else the machine runs
+(the load averages below say how quiet it was). Each row also gives the
+CPU time per epoch. Settings are interleaved across repeats, so all see the same
 background load; medians are reported with their spread.
 """
 
@@ -26,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, spread, write_report
 
+LOADS = ("as found", "one core kept busy")
+
 
 def run_one(tower: str, threads: int, epochs: int) -> dict:
     import bench_train_data
@@ -38,18 +42,18 @@ def run_one(tower: str, threads: int, epochs: int) -> dict:
     torch.manual_seed(0)
     model = build_dssm(data, user_tower=tower)
     trainer = MatchTrainer(model, mode=2, n_epoch=epochs, progress=False, threads=threads, earlystop_patience=0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(data)
-    return {"epoch_s": (time.perf_counter() - start) / epochs}
+    return {"epoch_s": (time.perf_counter() - start) / epochs, "cpu_s": (time.process_time() - cpu) / epochs}
 
 
-def _measure(tower: str, threads: int, epochs: int) -> float:
+def _measure(tower: str, threads: int, epochs: int) -> dict:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RECHUB_TRAIN_THREADS"):
         env.pop(var, None)
     cmd = [sys.executable, __file__, "--_one", json.dumps([tower, threads, epochs])]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])["epoch_s"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -68,34 +72,36 @@ def main(argv: list[str] | None = None) -> Path | None:
     counts = [int(t) for t in args.threads.split(",")]
     started = time.perf_counter()
     results: dict[tuple, list[float]] = {}
-    for load in ("idle", "busy"):
+    cpu: dict[tuple, list[float]] = {}
+    for load in LOADS:
         spinner = None
-        if load == "busy":
+        if load == LOADS[1]:
             spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             for _ in range(args.repeats):
                 for tower in ("sequence", "mlp"):
                     for n in counts:
-                        seconds = _measure(tower, n, args.epochs)
-                        results.setdefault((load, tower, n), []).append(seconds)
-                        print(load, tower, n, f"{seconds:.2f}", flush=True)
+                        got = _measure(tower, n, args.epochs)
+                        results.setdefault((load, tower, n), []).append(got["epoch_s"])
+                        cpu.setdefault((load, tower, n), []).append(got["cpu_s"])
+                        print(load, tower, n, got, flush=True)
         finally:
             if spinner is not None:
                 spinner.kill()
                 spinner.wait()
     rows = []
-    for load in ("idle", "busy"):
+    for load in LOADS:
         for tower in ("sequence", "mlp"):
             one = results[(load, tower, 1)]
             for n in counts:
                 times = results[(load, tower, n)]
                 ratios = [a / b for a, b in zip(times, one)]
-                rows.append([load, tower, n, spread(times), spread(ratios)])
+                rows.append([load, tower, n, spread(times), spread(ratios), spread(cpu[(load, tower, n)])])
     import statistics
 
     top = max(counts)
     verdict = []
-    for load in ("idle", "busy"):
+    for load in LOADS:
         for tower in ("sequence", "mlp"):
             r = statistics.median(a / b for a, b in zip(results[(load, tower, top)], results[(load, tower, 1)]))
             verdict.append(f"{load}, {tower}: {top} threads take {r:.2f}x the time of 1")
@@ -105,7 +111,9 @@ def main(argv: list[str] | None = None) -> Path | None:
         "is the count that is never slower on a busy machine.\n\n"
         f"torch's own default on this machine: {torch.get_num_threads()} threads. "
         f"{args.repeats} repeats, {args.epochs} epochs each, {time.perf_counter() - started:,.0f} s in all.\n\n"
-        + markdown_table(["machine", "user tower", "threads", "s per epoch", "time vs 1 thread"], rows)
+        + markdown_table(
+            ["machine", "user tower", "threads", "s per epoch", "time vs 1 thread", "CPU s per epoch"], rows
+        )
     )
     out = write_report("train-threads", "Trainer threads: one thread against torch's default", body, args.out)
     print(f"wrote {out}")

@@ -67,7 +67,9 @@ class MatchTrainer:
     :func:`default_threads`). ``model_path``: a directory where a checkpoint
     is written after every epoch (torch-rechub's keyword; it wrote
     ``model.pth`` there): :func:`~rechub_serving.train.load_checkpoint` reads it
-    back, ``fit(data, resume=True)`` continues from it.
+    back, ``fit(data, resume=True)`` continues from it. ``window_batch``: history
+    windows per batch when the sequence tower trains list-wise (default
+    ``batch_size / seq_max_len``, about ``batch_size`` predictions per batch).
     """
 
     def __init__(
