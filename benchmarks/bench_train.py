@@ -14,7 +14,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 # This page compares the training modes with the MLP user tower and torch-rechub's item features, at fixed
 # epochs; the defaults (sequence tower, genres and year, early stopping) are in bench_train_quality.py.
 ITEMS = ("movie_id", "cate_id")
