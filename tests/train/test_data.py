@@ -195,3 +195,18 @@ def test_download_is_checksummed_and_cached(tmp_path, small):
         assert download_movielens("ml-1m", tmp_path / "cache", url=url, sha256=digest) == path  # cached
     finally:
         server.shutdown()
+
+
+def test_timestamp_ties_keep_the_file_order(small):
+    """The protocol: the last interaction by time is held out, ties broken by the order of the file."""
+    r = small.ratings.copy()
+    first = r["user_id"].iloc[0]
+    rows = r.index[r["user_id"] == first]
+    r.loc[rows, "timestamp"] = 1_000  # every interaction of this user at the same second
+    shuffled = pd.concat([r.loc[rows[::-1]], r.drop(rows)]).reset_index(drop=True)  # reversed file order
+    data = prepare_match_data(type(small)(shuffled, small.users, small.movies), seq_max_len=4)
+    u = data.vocabularies["user_id"].encode([first])[0]
+    at = int(np.flatnonzero(data.test.user == u)[0])
+    file_order = shuffled.loc[shuffled["user_id"] == first, "movie_id"].tolist()
+    assert data.vocabularies["movie_id"].decode([data.test.target[at]])[0] == file_order[-1]
+    assert data.vocabularies["movie_id"].decode([data.val.target[at]])[0] == file_order[-2]
