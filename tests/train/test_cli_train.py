@@ -211,3 +211,21 @@ def test_train_checkpoint_and_resume(runner, tmp_path):
     res = runner.invoke(app, [*base, "--epochs", "2", "--resume", "-o", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["epochs"] == 2  # one epoch from before, one more
+
+
+def test_cli_defaults_are_the_library_defaults():
+    """`rechub-index train` and `train_dssm` share their measured defaults (the CLI spells them out)."""
+    import inspect
+
+    import typer
+
+    from rechub_serving.train import train_dssm
+    from rechub_serving.train.trainer import DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
+
+    command = typer.main.get_command(app).commands["train"]
+    cli = {p.name: p.default for p in command.params}
+    lib = {k: v.default for k, v in inspect.signature(train_dssm).parameters.items()}
+    assert cli["user_tower"] == lib["user_tower"] and cli["embed_dim"] == lib["embed_dim"] and cli["lr"] == lib["lr"]
+    assert cli["epochs"] == lib["n_epoch"] == DEFAULT_MAX_EPOCHS
+    assert cli["patience"] == lib["earlystop_patience"] == DEFAULT_PATIENCE
+    assert cli["threads"] is None and lib["threads"] is None
