@@ -1,17 +1,17 @@
 """How many torch threads should the trainer use by default? Epoch time per thread count, idle and busy machine.
 
-Run: ``python benchmarks/bench_train_threads.py [--repeats 3] [--epochs 2]``.
+Run: ``python benchmarks/bench_train_threads.py [--repeats 3] [--batches 15]``.
 Writes docs/benchmarks/train-threads.md.
 
 Each measurement trains the default model of one user tower on
-MovieLens-100K (real data, see bench_train_data.py) for ``--epochs`` epochs
-(with the per-epoch validation, as training does) in a fresh subprocess with
-``threads=N``, and records the mean wall time of an epoch. "one core kept busy" runs the
+MovieLens-100K (real data, see bench_train_data.py) for ``--batches`` batches
+of the default size in a fresh subprocess with ``threads=N``, and records the
+wall time and the CPU time per batch. "one core kept busy" runs the
 same while another process of this script keeps one core fully busy (a
 pure-Python spin loop), the situation of a shared 2-core machine or a laptop
 with a browser open; "as found" adds nothing to whatever else the machine runs
 (the load averages below say how quiet it was). Each row also gives the
-CPU time per epoch. Settings are interleaved across repeats, so all see the same
+CPU time per batch. Settings are interleaved across repeats, so all see the same
 background load; medians are reported with their spread.
 """
 
@@ -31,7 +31,9 @@ from _common import markdown_table, spread, write_report
 LOADS = ("as found", "one core kept busy")
 
 
-def run_one(tower: str, threads: int, epochs: int) -> dict:
+def run_one(tower: str, threads: int, batches: int) -> dict:
+    import dataclasses
+
     import bench_train_data
     import torch
 
@@ -39,19 +41,26 @@ def run_one(tower: str, threads: int, epochs: int) -> dict:
     from rechub_serving.train.trainer import MatchTrainer
 
     data = prepare_match_data(bench_train_data.ml100k(), mode=2)
+    windows = max(2, round(1024 / data.seq_max_len))  # the trainer's windows per batch
+    data = dataclasses.replace(  # the first `batches` batches of an epoch, no validation: a fixed amount of work
+        data,
+        train={k: v[: batches * 1024] for k, v in data.train.items()},
+        windows={k: v[: batches * windows] for k, v in data.windows.items()},
+        val=None,
+    )
     torch.manual_seed(0)
     model = build_dssm(data, user_tower=tower)
-    trainer = MatchTrainer(model, mode=2, n_epoch=epochs, progress=False, threads=threads, earlystop_patience=0)
+    trainer = MatchTrainer(model, mode=2, n_epoch=1, progress=False, threads=threads)
     start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(data)
-    return {"epoch_s": (time.perf_counter() - start) / epochs, "cpu_s": (time.process_time() - cpu) / epochs}
+    return {"batch_s": (time.perf_counter() - start) / batches, "cpu_s": (time.process_time() - cpu) / batches}
 
 
-def _measure(tower: str, threads: int, epochs: int) -> dict:
+def _measure(tower: str, threads: int, batches: int) -> dict:
     env = {**os.environ, "TQDM_DISABLE": "1"}
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RECHUB_TRAIN_THREADS"):
         env.pop(var, None)
-    cmd = [sys.executable, __file__, "--_one", json.dumps([tower, threads, epochs])]
+    cmd = [sys.executable, __file__, "--_one", json.dumps([tower, threads, batches])]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -59,7 +68,7 @@ def _measure(tower: str, threads: int, epochs: int) -> dict:
 def main(argv: list[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=15, help="training batches timed per measurement")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--_one", help=argparse.SUPPRESS)
@@ -81,8 +90,8 @@ def main(argv: list[str] | None = None) -> Path | None:
             for _ in range(args.repeats):
                 for tower in ("sequence", "mlp"):
                     for n in counts:
-                        got = _measure(tower, n, args.epochs)
-                        results.setdefault((load, tower, n), []).append(got["epoch_s"])
+                        got = _measure(tower, n, args.batches)
+                        results.setdefault((load, tower, n), []).append(got["batch_s"])
                         cpu.setdefault((load, tower, n), []).append(got["cpu_s"])
                         print(load, tower, n, got, flush=True)
         finally:
@@ -110,9 +119,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         "`rechub_serving/train/trainer.py`, overridable with `threads=`, `--threads` or `$RECHUB_TRAIN_THREADS`) "
         "is the count that is never slower on a busy machine.\n\n"
         f"torch's own default on this machine: {torch.get_num_threads()} threads. "
-        f"{args.repeats} repeats, {args.epochs} epochs each, {time.perf_counter() - started:,.0f} s in all.\n\n"
+        f"{args.repeats} repeats of {args.batches} training batches (about 1,024 predictions each, the defaults' "
+        f"batch), {time.perf_counter() - started:,.0f} s in all.\n\n"
         + markdown_table(
-            ["machine", "user tower", "threads", "s per epoch", "time vs 1 thread", "CPU s per epoch"], rows
+            ["machine", "user tower", "threads", "s per batch", "time vs 1 thread", "CPU s per batch"], rows
         )
     )
     out = write_report("train-threads", "Trainer threads: one thread against torch's default", body, args.out)
