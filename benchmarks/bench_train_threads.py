@@ -1,4 +1,4 @@
-"""How many torch threads should the trainer use by default? Epoch time per thread count, idle and busy machine.
+"""How many torch threads should the trainer use by default? Time per training batch by thread count, under load.
 
 Run: ``python benchmarks/bench_train_threads.py [--repeats 3] [--batches 15]``.
 Writes docs/benchmarks/train-threads.md.
