@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--quick", action="store_true", help="two configurations, few epochs: a smoke run")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=Path("train-sweep-results.jsonl"), help="JSON lines cache")
+    parser.add_argument("--note", default="", help="a paragraph added to the page (e.g. why a sweep is partial)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the page from --results without training what is missing"
+    )
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._one:
@@ -118,15 +122,16 @@ def main(argv: list[str] | None = None) -> Path | None:
             if line.strip():
                 r = json.loads(line)
                 done[_key(r)] = r
-    todo = [s for s in specs if _key(s) not in done]
+    todo = [] if args.report_only else [s for s in specs if _key(s) not in done]
     started = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         fresh = {_key(r): r for r in pool.map(lambda s: _subprocess(s, args.results), todo)}
-    results = [done.get(_key(s)) or fresh[_key(s)] for s in specs]
+    results = [done.get(_key(s)) or fresh.get(_key(s)) or {**s, "error": "not run"} for s in specs]
     for r in results:
         print(json.dumps(r))
     sections = [
-        f"{len(specs)} trainings ({len(todo)} in this run, {time.perf_counter() - started:,.0f} s), {args.jobs} side by "
+        f"{sum('error' not in r for r in results)} of {len(specs)} planned trainings done "
+        f"({len(todo)} in this run, {time.perf_counter() - started:,.0f} s), {args.jobs} side by "
         "side, one torch thread each. Everything else at the defaults of `train_dssm` (list-wise mode 2, "
         "in-batch softmax with log-popularity correction, up to 100 epochs, early stopping after 5 epochs without a "
         "better validation recall@10, best epoch restored). **val** is recall@10 on each user's second-to-last "
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         subset = [r for r in results if r["data"] == data]
         for r in subset:
             if "error" in r:
-                rows.append([_label(r), r["lr"], r["embed_dim"], "failed", r["error"], "", "", "", "", ""])
+                rows.append([_label(r), f"{r['lr']:g}", r["embed_dim"], r["error"], "", "", "", "", ""])
                 continue
             mp = r["most_popular"]
             rows.append(
@@ -157,6 +162,9 @@ def main(argv: list[str] | None = None) -> Path | None:
                 ]
             )
         ok = [r for r in subset if "error" not in r]
+        if not ok:
+            sections.append(f"## {data}\n\nNot run.")
+            continue
         mp = ok[0]["most_popular"] if ok else {"recall@10": float("nan"), "ndcg@10": float("nan")}
         best = {t: max((r for r in ok if r["user_tower"] == t), key=lambda r: r["val_recall@10"], default=None)
                 for t in ("sequence", "mlp")}  # fmt: skip
@@ -181,6 +189,8 @@ def main(argv: list[str] | None = None) -> Path | None:
                 rows,
             )
         )
+    if args.note:
+        sections.insert(1, args.note)
     body = "\n\n".join(sections)
     if args.quick:
         body = "**Quick mode: a smoke run, not a measurement.**\n\n" + body
