@@ -155,7 +155,7 @@ def section(name: str, with_trh: bool) -> str:
         )
         note = f" torch-rechub's test item is the same as ours for {t['same']:.1%} of users."
     else:
-        note = " torch-rechub is not installed in this interpreter: its row is left out."
+        note = " No torch-rechub row here (not installed, or not asked for with --trh-datasets)."
     rows.append(
         [
             "most popular (unseen)",
