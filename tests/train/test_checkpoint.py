@@ -53,6 +53,7 @@ def test_save_and_load_round_trip_with_vocabularies(data, tmp_path, tower):
     assert ckpt.extra["data"]["hist_col"] == "hist_movie_id" and ckpt.trainer_state["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(data, tmp_path):
     whole = _trainer(data, n_epoch=4)
     whole.fit(data)

@@ -201,6 +201,7 @@ def test_train_usage_errors(runner, tmp_path, args, message):
     assert res.exit_code == 2 and message in res.output, res.output
 
 
+@pytest.mark.slow
 def test_train_checkpoint_and_resume(runner, tmp_path):
     ckpt = tmp_path / "ckpt"
     base = ["train", "--synthetic", "--n-users", "80", "--n-items", "40", "--n-interactions", "1200",
