@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     body = (
         "**Result.** " + "; ".join(verdict) + ". The default (`DEFAULT_THREADS` in "
         "`rechub_serving/train/trainer.py`, overridable with `threads=`, `--threads` or `$RECHUB_TRAIN_THREADS`) "
-        "is the count that is never slower on a busy machine.\n\n"
+        "is the count that is never slower on a busy machine."
+        " On a machine whose load average stays below its core count, more threads may pay off for large "
+        "towers: measure with this script and set `threads=` or `$RECHUB_TRAIN_THREADS`.\n\n"
         f"torch's own default on this machine: {torch.get_num_threads()} threads. "
         f"{args.repeats} repeats of {args.batches} training batches (about 1,024 predictions each, the defaults' "
         f"batch), {time.perf_counter() - started:,.0f} s in all.\n\n"
