@@ -14,6 +14,10 @@ import statistics
 import time
 from pathlib import Path
 
+# This page compares the training modes with the MLP user tower and torch-rechub's item features, at fixed
+# epochs; the defaults (sequence tower, genres and year, early stopping) are in bench_train_quality.py.
+ITEMS = ("movie_id", "cate_id")
+
 
 def prep_timing(data, mode: int, repeats: int) -> tuple[float, dict]:
     from rechub_serving.train import prepare_match_data
@@ -21,7 +25,7 @@ def prep_timing(data, mode: int, repeats: int) -> tuple[float, dict]:
     times, last = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        last = prepare_match_data(data, mode=mode, seq_max_len=50, neg_ratio=3)
+        last = prepare_match_data(data, mode=mode, seq_max_len=50, neg_ratio=3, item_features=ITEMS)
         times.append(time.perf_counter() - start)
     return statistics.median(times), last
 
@@ -33,7 +37,13 @@ def throughput(data, mode: int, batch_size: int, n_batches: int, threads: int | 
     from rechub_serving.train import MatchTrainer, build_dssm
 
     torch.manual_seed(0)
-    model = build_dssm(data, embed_dim=16, user_params={"dims": [256, 128, 64]}, item_params={"dims": [256, 128, 64]})
+    model = build_dssm(
+        data,
+        embed_dim=16,
+        user_params={"dims": [256, 128, 64]},
+        item_params={"dims": [256, 128, 64]},
+        user_tower="mlp",
+    )
     trainer = MatchTrainer(model, mode=mode, batch_size=batch_size, progress=False, threads=threads)
     if threads:
         torch.set_num_threads(threads)
@@ -96,8 +106,9 @@ def main() -> None:
     for mode in (0, 1, 2):
         start = time.perf_counter()
         r = train_dssm(
-            quality, mode=mode, n_epoch=args.epochs, batch_size=512, lr=3e-3, progress=False, threads=args.threads
-        )
+            quality, mode=mode, n_epoch=args.epochs, batch_size=512, lr=3e-3, progress=False, threads=args.threads,
+            user_tower="mlp", embed_dim=16, item_features=ITEMS,
+        )  # fmt: skip
         secs = time.perf_counter() - start
         m, b = r.metrics, r.baseline
         lines.append(

@@ -19,6 +19,11 @@ embeddings of 16, towers [256, 128, 64] (Linear, BatchNorm, PReLU), batch 4096, 
    the same sampled training rows, one torch thread on both sides.
 3. Recall@10 / NDCG@10 after the same number of epochs on the same leave-last-out
    split, both scored by the same exact evaluator (the user's earlier items excluded).
+
+Sections 1-3 compare like with like: our DSSM with the MLP user tower and the
+tutorial's item features. Quality with our defaults (sequence tower, genres and
+year, early stopping) against the same torch-rechub DSSM is in
+bench_train_quality.py (docs/benchmarks/train-quality.md).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ def ours_prepare(path: Path, *, validation: bool = True, mode: int = TUTORIAL["m
         neg_ratio=TUTORIAL["neg_ratio"],
         sample_method="popularity",
         validation=validation,
+        item_features=ITEM_COLS,  # the tutorial's item side (first genre only), not our default genres + year
         seed=0,
     )
     return data, t1 - t0, time.perf_counter() - t1
@@ -234,7 +240,12 @@ def ours_model(data, temperature: float | None = None):
     # torch-rechub's MLP always puts BatchNorm1d after each Linear layer: the same architecture here.
     params = {"dims": TUTORIAL["dims"], "activation": TUTORIAL["activation"], "batch_norm": True}
     return build_dssm(
-        data, embed_dim=TUTORIAL["embed_dim"], user_params=params, item_params=params, temperature=temperature
+        data,
+        embed_dim=TUTORIAL["embed_dim"],
+        user_params=params,
+        item_params=params,
+        temperature=temperature,
+        user_tower="mlp",  # the same DSSM as the tutorial's (our default is the sequence tower)
     )
 
 

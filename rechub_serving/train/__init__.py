@@ -3,7 +3,7 @@
 The recipe of torch-rechub's DSSM tutorial, in a few lines::
 
     from rechub_serving.train import read_movielens, train_dssm
-    result = train_dssm(read_movielens("ml-1m/"), mode=2, n_epoch=5)
+    result = train_dssm(read_movielens("ml-1m/"))  # sequence user tower, early stopping
     result.metrics, result.baseline
 
 Data modules need numpy and pandas only; the model, trainer and export need
@@ -28,6 +28,7 @@ from .preprocess import (
     prepare_match_data,
     sample_negatives,
     save_vocabularies,
+    sequence_windows,
 )
 from .synthetic import make_synthetic, write_synthetic
 
@@ -41,7 +42,6 @@ _LAZY = {
     "export_towers": ".export",
     "model_hash": ".export",
     "save_item_index": ".export",
-    "evaluate_retrieval": ".evaluate",
     "most_popular_baseline": ".evaluate",
     "ranking_metrics": ".evaluate",
     "QuickEmbeddings": ".pipeline",
@@ -52,6 +52,12 @@ _LAZY = {
     "plot_model": ".viz",
     "VizUnavailableError": ".viz",
     "write_artifacts": ".artifacts",
+    "example_request": ".artifacts",
+    "Checkpoint": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "SequenceTower": ".model",
+    "evaluate_retrieval": ".evaluate",
 }
 
 __all__ = [
@@ -76,6 +82,7 @@ __all__ = [
     "read_movielens",
     "sample_negatives",
     "save_vocabularies",
+    "sequence_windows",
     "write_synthetic",
     *_LAZY,
 ]

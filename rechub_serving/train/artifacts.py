@@ -11,8 +11,36 @@ import numpy as np
 
 from .export import export_towers, save_item_index
 from .pipeline import TrainResult
+from .preprocess import PAD, MatchData
 
-__all__ = ["write_artifacts"]
+__all__ = ["EXAMPLE_FILE", "example_request", "write_artifacts"]
+
+EXAMPLE_FILE = "example_request.json"
+EXAMPLE_HISTORY = 20  # most recent items shown in the example request
+
+
+def _native(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def example_request(data: MatchData, *, max_history: int = EXAMPLE_HISTORY) -> dict[str, Any]:
+    """One user's raw features, as ``rechub-index recommend --features`` takes them.
+
+    The first user of ``data`` (the smallest user id) with every feature of
+    the user tower: the user's own features and the most recent
+    ``max_history`` items of the user's history (all interactions, oldest
+    first), as raw values.
+    """
+    if not len(data.test):
+        raise ValueError("the data has no user with two interactions to build an example from")
+    u = int(data.test.user[0])
+    out: dict[str, Any] = {}
+    for f in data.user_features:
+        out[f] = _native(data.vocabularies[f].decode(np.asarray([data.user_table[f][u]]))[0])
+    start, stop = int(data.test.seen_start[0]), int(data.test.seen_stop[0])
+    items = data.sorted_items[start : stop + 1][-min(max_history, data.seq_max_len) :]  # the test item included
+    out[data.hist_col] = [_native(v) for v in data.vocabularies[data.item_col].decode(items)]
+    return out
 
 
 def write_artifacts(
@@ -28,13 +56,21 @@ def write_artifacts(
 
     Files: ``user_tower.onnx``, ``item_tower.onnx``, ``vocabularies.json``,
     ``item_embeddings.npy`` with ``item_ids.json``, the index ``items.index/``
-    (its manifest's metadata records the model hash), ``metrics.json``.
+    (its manifest's metadata records the model hash), ``metrics.json`` and
+    ``example_request.json`` (one user's raw features: a valid
+    ``rechub-index recommend --features-file``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = result.data
     catalog = data.catalog
-    sample_users = data.user_inputs(data.test.user[:512], data.test.hist[:512])
+    # Real users, plus one with an empty history and one with a short one: the export check covers them.
+    users, hist = data.test.user[:510], data.test.hist[:510]
+    short = hist[:1].copy()
+    short[:, : max(short.shape[1] - 3, 0)] = PAD
+    sample_users = data.user_inputs(
+        np.concatenate([users, users[:2]]), np.concatenate([hist, np.full_like(hist[:1], PAD), short])
+    )
     sample_items = data.item_inputs(catalog[:512])
     extra = {
         "item_id_feature": data.item_col,
@@ -67,11 +103,14 @@ def write_artifacts(
                 "most_popular": result.baseline,
                 "history": result.history,
                 "model_hash": exported.model_hash,
+                "user_tower": getattr(result.model, "user_tower_kind", "mlp"),
             },
             indent=2,
         )
     )
+    (out / EXAMPLE_FILE).write_text(json.dumps(example_request(data)))
     return {
+        "example_request": out / EXAMPLE_FILE,
         "user_tower": exported.user_tower,
         "item_tower": exported.item_tower,
         "vocabularies": exported.vocabularies or out / "vocabularies.json",

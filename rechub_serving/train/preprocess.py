@@ -35,6 +35,7 @@ __all__ = [
     "prepare_match_data",
     "sample_negatives",
     "save_vocabularies",
+    "sequence_windows",
 ]
 
 logger = logging.getLogger("rechub_serving.train")
@@ -237,9 +238,14 @@ class MatchData:
 
     Feature values are encoded indices. ``user_table[f][u]`` is feature ``f``
     of user index ``u``; ``item_table[f][i]`` feature ``f`` of item index ``i``
-    (so batches carry only indices and histories). ``train`` holds ``user``,
-    ``row`` (into ``train_hist``), ``item`` and, per mode, ``label`` (0) or
-    ``neg_items`` (1).
+    (so batches carry only indices and histories; a multi-valued item feature
+    such as ``genres`` is a 2-D table, one left-padded row per item).
+    ``train`` holds ``user``, ``row`` (into ``train_hist``), ``item`` and, per
+    mode, ``label`` (0) or ``neg_items`` (1). ``windows`` holds the same
+    training interactions as whole sequences for the sequence tower:
+    ``user``, ``hist`` (W, seq_max_len) and ``target`` (W, seq_max_len), where
+    ``target[w, j]`` is the item that followed ``hist[w, :j + 1]`` (``PAD``
+    where there is none).
     """
 
     vocabularies: dict[str, Vocabulary]
@@ -259,6 +265,7 @@ class MatchData:
     sorted_items: np.ndarray
     item_popularity: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    windows: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -296,6 +303,46 @@ def _table(vocab_rows: int, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return table
 
 
+MULTI_VALUED = ("genres",)
+_YEAR = r"\((\d{4})\)\s*$"
+_HAS_YEAR = r"\(\d{4}\)\s*$"
+
+
+def _item_columns(movies: pd.DataFrame, item_features: Sequence[str]) -> pd.DataFrame:
+    """Derive ``cate_id`` (first genre) and ``year`` (from a ``year`` column or the title) when asked for."""
+    movies = movies.reset_index(drop=True)
+    if "cate_id" in item_features and "cate_id" not in movies.columns:
+        movies = movies.assign(cate_id=movies["genres"].astype(str).str.split("|", n=1).str[0])
+    if "year" in item_features and "year" not in movies.columns:
+        year = movies["title"].astype(str).str.extract(_YEAR, expand=False) if "title" in movies else None
+        movies = movies.assign(year=pd.to_numeric(year, errors="coerce") if year is not None else np.nan)
+    missing = [f for f in item_features[1:] if f not in movies.columns]
+    if missing:
+        raise InvalidInputError(
+            f"the item features {missing} are not columns of the movies frame ({list(movies.columns)}); "
+            "pass item_features= with existing columns"
+        )
+    return movies
+
+
+def _multi_table(vocab_rows: int, keys: np.ndarray, values: pd.Series, name: str) -> tuple[Vocabulary, np.ndarray]:
+    """A ``|``-separated feature as a (vocab_rows, width) table of right-aligned codes, left-padded with PAD."""
+    lists = values.fillna("").astype(str).str.split("|").explode()
+    lists = lists[lists != ""]
+    vocab = Vocabulary.fit(name, lists.to_numpy())
+    row = lists.index.to_numpy()
+    counts = np.bincount(row, minlength=len(values))
+    width = max(int(counts.max()) if len(counts) else 1, 1)
+    within = lists.groupby(level=0).cumcount().to_numpy()
+    table = np.full((vocab_rows, width), PAD, dtype=np.int64)
+    table[UNK:, -1] = UNK  # items without a value
+    real = keys >= OFFSET
+    table[keys[real], -1] = UNK
+    has = real[row]
+    table[keys[row[has]], width - counts[row[has]] + within[has]] = vocab.encode(lists.to_numpy()[has])
+    return vocab, table
+
+
 def prepare_match_data(
     data: MovieLens,
     *,
@@ -306,7 +353,7 @@ def prepare_match_data(
     min_history: int = 1,
     validation: bool = True,
     user_features: Sequence[str] = ("user_id", "gender", "age", "occupation", "zip"),
-    item_features: Sequence[str] = ("movie_id", "cate_id"),
+    item_features: Sequence[str] | None = None,
     seed: int = 0,
 ) -> MatchData:
     """Encode, split (leave-last-out by time), build histories and negatives.
@@ -316,6 +363,9 @@ def prepare_match_data(
     mode 2 (list-wise) uses in-batch negatives and samples none.
     ``sample_method`` is ``"uniform"`` or ``"popularity"`` (count**0.75).
     Training rows need at least ``min_history`` earlier items.
+    ``item_features`` default: ``movie_id``, ``genres`` (all of an item's
+    genres, a multi-valued feature) and ``year`` (from a ``year`` column or a
+    ``(1995)`` at the end of the title), those the data has.
     """
     import time
 
@@ -328,11 +378,18 @@ def prepare_match_data(
     rng = np.random.default_rng(seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    if item_features is None:
+        item_features = ["movie_id"]
+        if "genres" in data.movies.columns:
+            item_features.append("genres")
+        if "year" in data.movies.columns or (
+            "title" in data.movies.columns
+            and data.movies["title"].astype(str).str.contains(_HAS_YEAR, regex=True).mean() > 0.5
+        ):
+            item_features.append("year")
     user_col, item_col, hist_col = user_features[0], item_features[0], f"hist_{item_features[0]}"
     ratings = data.ratings
-    movies = data.movies
-    if "cate_id" in item_features and "cate_id" not in movies.columns:
-        movies = movies.assign(cate_id=movies["genres"].astype(str).str.split("|", n=1).str[0])
+    movies = _item_columns(data.movies, item_features)
 
     # Encoding.
     vocabs: dict[str, Vocabulary] = {}
@@ -351,8 +408,16 @@ def prepare_match_data(
     item_table = {item_col: np.arange(n_items, dtype=np.int64)}
     ikeys = vocabs[item_col].encode(movies[item_col].to_numpy())
     for f in item_features[1:]:
-        vocabs[f] = Vocabulary.fit(f, movies[f].to_numpy())
-        item_table[f] = _table(n_items, ikeys[ikeys >= OFFSET], vocabs[f].encode(movies[f].to_numpy())[ikeys >= OFFSET])
+        if f in MULTI_VALUED:
+            vocabs[f], item_table[f] = _multi_table(n_items, ikeys, movies[f], f)
+            continue
+        column = movies[f]
+        known = (ikeys >= OFFSET) & column.notna().to_numpy()
+        values = column[known].to_numpy()
+        if values.dtype.kind == "f" and len(values) and np.all(values == np.round(values)):
+            values = values.astype(np.int64)  # a year read as float because of missing values
+        vocabs[f] = Vocabulary.fit(f, values)
+        item_table[f] = _table(n_items, ikeys[known], vocabs[f].encode(values))
     timings["encode"] = time.perf_counter() - t0
 
     # Sort by user then time (stable: ties keep file order), split, histories.
@@ -407,6 +472,9 @@ def prepare_match_data(
                 "label": np.concatenate([np.ones(n, np.float32), np.zeros(n * neg_ratio, np.float32)]),
             }
     timings["negatives"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    windows = sequence_windows(item, pos, split, user, seq_max_len, min_history)
+    timings["windows"] = time.perf_counter() - t0
     logger.info(
         "prepared %d interactions: %d users, %d items, %d training rows, %d test users",
         len(ratings), n_users - OFFSET, n_items - OFFSET, len(train["item"]), len(test),
@@ -429,4 +497,36 @@ def prepare_match_data(
         sorted_items=item,
         item_popularity=popularity,
         timings=timings,
+        windows=windows,
     )
+
+
+def sequence_windows(
+    items: np.ndarray, pos: np.ndarray, split: np.ndarray, user: np.ndarray, max_len: int, min_history: int = 1
+) -> dict[str, np.ndarray]:
+    """Each user's training interactions cut into windows of ``max_len`` next-item predictions.
+
+    Rows are sorted by user then time. A user's training rows (split 0) form a
+    prefix; windows end at the user's last training row and every ``max_len``
+    rows before it, so every training target with at least ``min_history``
+    earlier items is predicted exactly once. ``hist[w]`` holds the ``max_len``
+    items before the window's end (left-padded), ``target[w, j]`` the item
+    after ``hist[w, :j + 1]``, ``PAD`` where that item is too early.
+    """
+    train = np.flatnonzero(split == 0)
+    if not len(train):
+        empty = np.zeros((0, max_len), dtype=np.int64)
+        return {"user": np.zeros(0, dtype=np.int64), "hist": empty, "target": empty.copy()}
+    last = np.r_[user[train][1:] != user[train][:-1], True]
+    ends = train[last]  # each user's last training row
+    usable = np.maximum(pos[ends] - (min_history - 1), 0)  # targets at positions min_history..pos[end]
+    n_windows = -(-usable // max_len)
+    owner = np.repeat(np.arange(len(ends)), n_windows)
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
+    end_rows = ends[owner] - k * max_len
+    hist = build_histories(items, pos, end_rows, max_len)
+    offsets = np.arange(-max_len + 1, 1)
+    target_rows = end_rows[:, None] + offsets
+    ok = (pos[end_rows][:, None] + offsets) >= min_history
+    target = np.where(ok, items[np.maximum(target_rows, 0)], PAD)
+    return {"user": user[end_rows], "hist": hist, "target": target}

@@ -151,7 +151,20 @@ def test_prepare_match_data(small, mode):
     seen = data.test.seen(data.sorted_items)
     assert all(data.test.target[i] not in seen[i] for i in range(len(seen)))
     assert (data.test.hist[:, -1] == data.val.target).all()
+    assert data.item_table["year"][PAD] == PAD and data.item_table["year"][2:].min() >= 2
+    assert data.item_table["genres"].ndim == 2 and (data.item_table["genres"][2:, -1] >= 2).all()
+
+
+def test_prepare_match_data_with_torch_rechub_item_features(small):
+    data = prepare_match_data(small, item_features=("movie_id", "cate_id"), seq_max_len=4)
+    assert data.item_features == ["movie_id", "cate_id"]
     assert data.item_table["cate_id"][PAD] == PAD and data.item_table["cate_id"][2:].min() >= 2
+    first = small.movies.set_index("movie_id")["genres"].str.split("|").str[0]
+    codes = data.vocabularies["movie_id"].encode(first.index.to_numpy())
+    got = data.vocabularies["cate_id"].decode(data.item_table["cate_id"][codes])
+    assert got.tolist() == first.tolist()
+    with pytest.raises(RechubError, match="not columns of the movies frame"):
+        prepare_match_data(small, item_features=("movie_id", "budget"))
 
 
 def _serve(directory: Path):
@@ -182,3 +195,18 @@ def test_download_is_checksummed_and_cached(tmp_path, small):
         assert download_movielens("ml-1m", tmp_path / "cache", url=url, sha256=digest) == path  # cached
     finally:
         server.shutdown()
+
+
+def test_timestamp_ties_keep_the_file_order(small):
+    """The protocol: the last interaction by time is held out, ties broken by the order of the file."""
+    r = small.ratings.copy()
+    first = r["user_id"].iloc[0]
+    rows = r.index[r["user_id"] == first]
+    r.loc[rows, "timestamp"] = 1_000  # every interaction of this user at the same second
+    shuffled = pd.concat([r.loc[rows[::-1]], r.drop(rows)]).reset_index(drop=True)  # reversed file order
+    data = prepare_match_data(type(small)(shuffled, small.users, small.movies), seq_max_len=4)
+    u = data.vocabularies["user_id"].encode([first])[0]
+    at = int(np.flatnonzero(data.test.user == u)[0])
+    file_order = shuffled.loc[shuffled["user_id"] == first, "movie_id"].tolist()
+    assert data.vocabularies["movie_id"].decode([data.test.target[at]])[0] == file_order[-1]
+    assert data.vocabularies["movie_id"].decode([data.val.target[at]])[0] == file_order[-2]

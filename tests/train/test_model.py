@@ -100,7 +100,9 @@ def tiny():
 def _fit(tiny, mode, seed=0, **kw):
     data = prepare_match_data(tiny, mode=mode, seq_max_len=8, neg_ratio=2, seed=seed)
     torch.manual_seed(seed)
-    model = build_dssm(data, embed_dim=8, user_params={"dims": [16, 8]}, item_params={"dims": [16, 8]})
+    model = build_dssm(
+        data, embed_dim=8, user_params={"dims": [16, 8]}, item_params={"dims": [16, 8]}, user_tower="mlp"
+    )
     trainer = MatchTrainer(model, mode=mode, n_epoch=2, batch_size=128, seed=seed, progress=False, threads=1, **kw)
     trainer.fit(data)
     return data, trainer
@@ -146,3 +148,26 @@ def test_viz_missing_dependency_message():
             plot_model(_model(), {})
     else:
         pytest.skip("torchview is installed")
+
+
+def test_fit_uses_the_default_thread_count_and_restores_torch_s(tiny, monkeypatch):
+    from rechub_serving.train import trainer as trainer_module
+
+    assert trainer_module.default_threads() == trainer_module.DEFAULT_THREADS == 1
+    monkeypatch.setenv("RECHUB_TRAIN_THREADS", "2")
+    assert trainer_module.default_threads() == 2
+    monkeypatch.setenv("RECHUB_TRAIN_THREADS", "lots")
+    assert trainer_module.default_threads() == 1
+    monkeypatch.delenv("RECHUB_TRAIN_THREADS")
+    data = prepare_match_data(tiny, mode=2, seq_max_len=4)
+    model = build_dssm(data, embed_dim=4, user_params={"dims": [4]}, item_params={"dims": [4]}, user_tower="mlp")
+    trainer = MatchTrainer(model, mode=2, n_epoch=1, progress=False)
+    seen = []
+    monkeypatch.setattr(trainer, "_fit", lambda d: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        trainer.fit(data)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
