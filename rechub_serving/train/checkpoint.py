@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from .._errors import InvalidInputError
+from rechub_serving import InvalidInputError
+
 from .features import DenseFeature, SequenceFeature, SparseFeature
 from .model import DSSM
 from .preprocess import Vocabulary, load_vocabularies, save_vocabularies

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._errors import RechubError
+from rechub_serving import RechubError
+
 from .features import DenseFeature, SequenceFeature, feature_spec
 from .preprocess import Vocabulary, save_vocabularies
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._errors import InvalidParameterError
+from rechub_serving import InvalidParameterError
 
 __all__ = ["DenseFeature", "Feature", "SequenceFeature", "SparseFeature"]
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._errors import InvalidParameterError
+from rechub_serving import InvalidParameterError
+
 from .features import DenseFeature, Feature, SequenceFeature, SparseFeature
 
 __all__ = ["DSSM", "MLP", "USER_TOWERS", "EmbeddingLayer", "SequenceTower", "Tower"]

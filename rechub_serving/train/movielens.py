@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError, RechubError
+from rechub_serving import InvalidInputError, RechubError
 
 __all__ = [
     "DATASETS",

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError
+from rechub_serving import InvalidInputError
+
 from .movielens import MovieLens
 
 __all__ = [

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._errors import InvalidInputError
+from rechub_serving import InvalidInputError
+
 from .movielens import ML100K_GENRES, MovieLens
 
 __all__ = ["make_synthetic", "write_synthetic"]

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .._errors import InvalidParameterError
+from rechub_serving import InvalidParameterError
+
 from .evaluate import evaluate_retrieval, most_popular_baseline
 from .model import DSSM
 from .preprocess import OFFSET, PAD, EvalSplit, MatchData

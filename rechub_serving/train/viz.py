@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._errors import RechubError
+from rechub_serving import RechubError
 
 __all__ = ["VizUnavailableError", "plot_model"]
 
