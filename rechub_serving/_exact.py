@@ -180,7 +180,11 @@ def _select(key, norms, best_key, best_pos, start, k) -> None:
 
 
 def _cap_at_kth(key, mask, heavy, k) -> None:
-    """Keep in ``mask`` only the k best of each ``heavy`` row (ties: lowest positions first)."""
+    """Keep in ``mask`` only the k best of each ``heavy`` row (ties: lowest positions first).
+
+    A heavy row has more than k candidates, all numbers (NaN is never a candidate), so its
+    k-th value after the partial sort is a number.
+    """
     whole = len(heavy) == len(key)
     sub = key.copy() if whole else key[heavy]
     sub.partition(k - 1, axis=1)

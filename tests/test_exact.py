@@ -272,15 +272,47 @@ def test_empty_results():
     assert pos.shape == dist.shape == (0, 5)
 
 
-def test_memory_is_bounded_by_the_block_size():
-    """Temporary memory stays about block_bytes (plus the results), far under a full score matrix."""
+@pytest.mark.parametrize("data", ["real", "all tied"])
+def test_memory_is_bounded_by_the_block_size(data):
+    """Temporary memory stays about block_bytes (plus the results), far under a full score matrix.
+
+    With every score tied, each block's rows hold far more than k candidates at the k-th value:
+    they must be cut to k before they are listed.
+    """
     items, queries = real_data(40_000, 300, 8, seed=1, metric=Metric.L2)
+    if data == "all tied":
+        items[:] = 1.0
     norms = np.einsum("ij,ij->i", items, items)
     block = 1 << 20
     exact_search(items, queries, 10, Metric.L2, block_bytes=block, item_norms=norms)  # the pool's threads exist
     tracemalloc.start()
-    exact_search(items, queries, 10, Metric.L2, block_bytes=block, item_norms=norms)
+    pos, _ = exact_search(items, queries, 10, Metric.L2, block_bytes=block, item_norms=norms)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     results = 300 * 10 * 12
     assert peak < 1.25 * block + 2 * results + queries.nbytes, peak
+    if data == "all tied":
+        np.testing.assert_array_equal(pos, np.tile(np.arange(10), (300, 1)))
+
+
+@pytest.mark.parametrize("block_bytes", BLOCKS)
+def test_nan_items_are_never_returned(block_bytes):
+    """Scores that are not numbers (NaN vectors, overflow) count as missing, wherever they fall."""
+    items, queries = integer_data(2000, 4, 3, seed=2)
+    items[np.arange(2000) % 200 != 3] = np.nan  # 10 usable items, fewer than k in any block
+    for metric in METRICS:
+        pos, dist = exact_search(items, queries, 15, metric, block_bytes=block_bytes)
+        assert_same((pos, dist), brute_force(items, queries, 15, metric))
+        assert set(pos[:, :10].ravel().tolist()) == set(range(3, 2000, 200))
+        assert (pos[:, 10:] == -1).all()
+
+
+def test_composite_keys_sort_like_row_then_float():
+    """The merge's integer keys order (row, key) as floats compare: -0.0 equals 0.0, inf last."""
+    keys = np.array([3.5, -0.0, 0.0, -np.inf, np.inf, -7.25, 1e-45, -1e-45, 0.0, 2.0], np.float32)
+    rows = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    comp = _exact._composite(rows, keys)
+    want = np.lexsort((keys, rows))
+    np.testing.assert_array_equal(np.argsort(comp, kind="stable"), want)
+    assert comp[1] == comp[2]
+    assert len(set(comp[[0, 3, 4]].tolist())) == 3
