@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -39,6 +40,8 @@ __all__ = ["default_threads", "exact_search"]
 _BYTES_PER_SCORE = 10
 # Below this many scores in a block, threads cost more than they save.
 _MIN_SCORES_PER_THREAD = 1 << 17
+# Scores in one slice of a block that the selection goes through while it is in cache.
+_CACHE_SCORES = 1 << 16
 
 _pool: ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
@@ -131,43 +134,95 @@ def _blocked_topk(items, scaled, k, item_norms, excluded_cols, block_bytes, thre
         rows = len(q)
         best_key, best_pos = out_key[qs : qs + rows], out_pos[qs : qs + rows]  # views, updated in place
         banned = _banned_pairs(excluded_cols, qs, rows)
-        for start in range(0, n_items, i_block):
-            block = items[start : start + i_block]
+        for start, end in _item_blocks(n_items, i_block, first=max(8 * k, 512)):
+            block = items[start:end]
             key = q @ block.T
             if banned is not None:
                 _ban(key, banned, start)
             norms = item_norms[start : start + len(block)] if item_norms is not None else None
-            n_chunks = min(threads, rows, max(1, key.size // _MIN_SCORES_PER_THREAD))
-            if n_chunks == 1:
-                _select(key, norms, best_key, best_pos, start, k)
-            else:
-                pool = _get_pool()
-                cuts = np.linspace(0, rows, n_chunks + 1).astype(int)
-                jobs = [
-                    pool.submit(_select, key[a:b], norms, best_key[a:b], best_pos[a:b], start, k)
-                    for a, b in itertools.pairwise(cuts)
-                ]
-                for job in jobs:
-                    job.result()
+            _select_in_chunks(key, norms, best_key, best_pos, start, k, threads)
             del key
     return out_pos, out_key
 
 
+def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads) -> None:
+    """Run :func:`_select` over row chunks of the block on ``threads`` threads (the caller is one).
+
+    A few chunks per thread, taken from a shared queue, so that a thread slowed by
+    the machine's other work does not hold the others up.
+    """
+    rows = len(key)
+    n_chunks = min(rows, 4 * threads, max(1, key.size // _MIN_SCORES_PER_THREAD))
+    workers = min(threads, n_chunks)
+    if workers == 1:
+        _select(key, norms, best_key, best_pos, start, k)
+        return
+    todo: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    for cut in itertools.pairwise(np.linspace(0, rows, n_chunks + 1).astype(int).tolist()):
+        todo.put(cut)
+
+    def work() -> None:
+        while True:
+            try:
+                a, b = todo.get_nowait()
+            except queue.Empty:
+                return
+            _select(key[a:b], norms, best_key[a:b], best_pos[a:b], start, k)
+
+    pool = _get_pool()
+    helpers = [pool.submit(work) for _ in range(workers - 1)]
+    try:
+        work()
+    finally:
+        wait(helpers)  # they write into the caller's arrays: never leave them running
+    for helper in helpers:
+        helper.result()  # re-raises a helper's error
+
+
+def _item_blocks(n_items: int, size: int, first: int):
+    """(start, end) of item blocks of ``size``, after a ramp of blocks doubling from ``first``.
+
+    A row's first block has no k-th best yet and needs a partial sort; once a small
+    block has given it one, each next block (at most as large as all before it) adds only
+    about k candidates per row.
+    """
+    start, step = 0, min(first, size)
+    while start < n_items:
+        end = min(n_items, start + step)
+        yield start, end
+        start, step = end, min(2 * step, size)
+
+
 def _select(key, norms, best_key, best_pos, start, k) -> None:
     """Merge one block's keys (rows x block, lower is better) into the running top-k, in place."""
-    if norms is not None:
-        key += norms
     rows, nb = key.shape
-    mask = key < best_key[:, -1:]  # strictly better than the k-th best so far (never inf or NaN)
-    total = np.count_nonzero(mask)
+    mask = np.empty(key.shape, dtype=bool)
+    bound = best_key[:, -1:]
+    limit = max(k, nb // 16)  # more candidates than this in a row: cheaper to partially sort it
+    # Row slices that fit in cache: the norms, the comparison and the listing read each score once.
+    step = max(1, _CACHE_SCORES // nb)
+    found: list[np.ndarray] | None = []
+    total = 0
+    for a in range(0, rows, step):
+        part = key[a : a + step]
+        if norms is not None:
+            part += norms
+        # strictly better than the k-th best so far (never inf or NaN)
+        part_mask = np.less(part, bound[a : a + step], out=mask[a : a + step])
+        if found is not None:
+            listed = np.flatnonzero(part_mask)
+            total += len(listed)
+            if total > 4 * k * rows:
+                found = None  # too many to list: count them by row below
+            elif len(listed):
+                found.append(listed + a * nb)
     if total == 0:
         return
-    limit = max(k, nb // 16)  # more candidates than this in a row: cheaper to partially sort it
-    if total > 4 * k * rows:
-        flat, counts = None, mask.sum(axis=1)
-    else:
-        flat = np.flatnonzero(mask)
+    if found is not None:
+        flat = np.concatenate(found)
         counts = np.bincount(flat // nb, minlength=rows)
+    else:
+        flat, counts = None, mask.sum(axis=1)
     heavy = np.flatnonzero(counts > limit)
     if len(heavy):
         _cap_at_kth(key, mask, heavy, k)
