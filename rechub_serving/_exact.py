@@ -131,22 +131,22 @@ def _blocked_topk(items, scaled, k, item_norms, excluded_cols, block_bytes, thre
     out_key = np.full((n_q, k), np.inf, dtype=np.float32)
     for qs in range(0, n_q, q_block):
         q = scaled[qs : qs + q_block]
-        rows = len(q)
-        best_key, best_pos = out_key[qs : qs + rows], out_pos[qs : qs + rows]  # views, updated in place
-        banned = _banned_pairs(excluded_cols, qs, rows)
-        for start, end in _item_blocks(n_items, i_block, first=max(8 * k, 512)):
-            block = items[start:end]
-            key = q @ block.T
+        best_key, best_pos = out_key[qs : qs + len(q)], out_pos[qs : qs + len(q)]  # views, updated in place
+        banned = _banned_pairs(excluded_cols, qs, len(q))
+        for start in range(0, n_items, i_block):
+            key = q @ items[start : start + i_block].T
             if banned is not None:
                 _ban(key, banned, start)
-            norms = item_norms[start : start + len(block)] if item_norms is not None else None
-            _select_in_chunks(key, norms, best_key, best_pos, start, k, threads)
+            norms = item_norms[start : start + key.shape[1]] if item_norms is not None else None
+            # The first block's columns go in a ramp: see _ramp.
+            first = max(8 * k, 512) if start == 0 else key.shape[1]
+            _select_in_chunks(key, norms, best_key, best_pos, start, k, threads, first)
             del key
     return out_pos, out_key
 
 
-def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads) -> None:
-    """Run :func:`_select` over row chunks of the block on ``threads`` threads (the caller is one).
+def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads, first) -> None:
+    """Run :func:`_select_ramp` over row chunks of the block on ``threads`` threads (the caller is one).
 
     A few chunks per thread, taken from a shared queue, so that a thread slowed by
     the machine's other work does not hold the others up.
@@ -155,7 +155,7 @@ def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads) -> None
     n_chunks = min(rows, 4 * threads, max(1, key.size // _MIN_SCORES_PER_THREAD))
     workers = min(threads, n_chunks)
     if workers == 1:
-        _select(key, norms, best_key, best_pos, start, k)
+        _select_ramp(key, norms, best_key, best_pos, start, k, first)
         return
     todo: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
     for cut in itertools.pairwise(np.linspace(0, rows, n_chunks + 1).astype(int).tolist()):
@@ -167,7 +167,7 @@ def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads) -> None
                 a, b = todo.get_nowait()
             except queue.Empty:
                 return
-            _select(key[a:b], norms, best_key[a:b], best_pos[a:b], start, k)
+            _select_ramp(key[a:b], norms, best_key[a:b], best_pos[a:b], start, k, first)
 
     pool = _get_pool()
     helpers = [pool.submit(work) for _ in range(workers - 1)]
@@ -179,18 +179,19 @@ def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads) -> None
         helper.result()  # re-raises a helper's error
 
 
-def _item_blocks(n_items: int, size: int, first: int):
-    """(start, end) of item blocks of ``size``, after a ramp of blocks doubling from ``first``.
+def _select_ramp(key, norms, best_key, best_pos, start, k, first) -> None:
+    """:func:`_select` over column ranges doubling from ``first`` (one range if ``first`` covers the block).
 
-    A row's first block has no k-th best yet and needs a partial sort; once a small
-    block has given it one, each next block (at most as large as all before it) adds only
-    about k candidates per row.
+    A row's first columns have no k-th best yet and need a partial sort: done on a
+    narrow range it is cheap, and each next range (at most as wide as all before it)
+    then adds only about k candidates per row.
     """
-    start, step = 0, min(first, size)
-    while start < n_items:
-        end = min(n_items, start + step)
-        yield start, end
-        start, step = end, min(2 * step, size)
+    a, width, nb = 0, first, key.shape[1]
+    while a < nb:
+        b = min(nb, a + width)
+        part_norms = norms[a:b] if norms is not None else None
+        _select(key[:, a:b], part_norms, best_key, best_pos, start + a, k)
+        a, width = b, 2 * width
 
 
 def _select(key, norms, best_key, best_pos, start, k) -> None:
