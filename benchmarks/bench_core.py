@@ -142,7 +142,7 @@ def main() -> None:
     n, nq, big = (20_000, 200, 100_000) if args.quick else (100_000, 1000, 1_000_000)
     threads = (
         f"faiss OpenMP threads {faiss.omp_get_max_threads()}; numpy BLAS: {blas_info()}; "
-        f"exact_search selection threads {getattr(_exact, 'default_threads', lambda: 1)()}"
+        f"exact_search selection threads {_exact.default_threads()}"
     )
     print(threads)
     speed, raw_lines = bench_vs_faiss(n, 64, nq, 10, args.pairs)

@@ -14,9 +14,10 @@ pool (numpy releases the GIL in these loops):
 * the few candidates are merged into the running top-k, which stays sorted.
 
 The selection is therefore about one comparison per score instead of a partial
-sort per score, and runs on every core. Order: best first, equal distances by
-row position (blocks come in position order and every merge keeps that order),
-the same for any number of threads or block size.
+sort per score, and runs on every core. Order: best first, equal scores by row
+position (blocks come in position order and every merge keeps that order), the
+same for any number of threads or block size. When k is of the order of the
+number of items, whole rows are sorted instead.
 """
 
 from __future__ import annotations
@@ -82,16 +83,24 @@ def exact_search(
     ``metric`` l2 gives squared distances (clamped at 0), ip and cosine give
     inner products (cosine expects normalised inputs). ``excluded_cols[i]``
     lists item rows that query ``i`` must not get; missing results are
-    position -1 with the worst distance (+inf for l2, -inf otherwise). Equal
-    distances are ordered by row position. ``block_bytes`` bounds the
-    temporary memory (about that much, plus the results); ``threads`` is the
-    number of selection threads (default: every usable core; the matrix
-    product uses BLAS's own threads).
+    position -1 with the worst distance (+inf for l2, -inf otherwise).
+    Vectors are float32 (other dtypes are converted, which copies them).
+
+    Equal scores are ordered by row position. For l2 the ranking score is
+    |x|^2 - 2 q.x and |q|^2 is added afterwards, so two results whose scores
+    differ by less than its rounding show the same distance, in score order.
+
+    ``block_bytes`` bounds the temporary memory (about that much, plus the
+    results). ``threads`` is the number of threads of the selection (default:
+    every usable core; the caller's thread is one of them); the matrix product
+    runs in BLAS's own threads.
     """
     if threads is None:
         threads = default_threads()
     elif isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise InvalidParameterError(f"threads must be a whole number >= 1, got {threads!r}; omit it to use every core")
+    items = np.asarray(items, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
     n_items, n_q = len(items), len(queries)
     k = max(0, min(k, n_items))
     l2 = metric is Metric.L2

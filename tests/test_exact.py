@@ -316,3 +316,10 @@ def test_composite_keys_sort_like_row_then_float():
     np.testing.assert_array_equal(np.argsort(comp, kind="stable"), want)
     assert comp[1] == comp[2]
     assert len(set(comp[[0, 3, 4]].tolist())) == 3
+
+
+def test_other_dtypes_are_converted():
+    items, queries = integer_data(1000, 4, 5, seed=4)
+    want = exact_search(items, queries, 10, Metric.L2)
+    got = exact_search(items.astype(np.float64), queries.astype(np.int64), 10, Metric.L2)
+    assert_same(got, want)
