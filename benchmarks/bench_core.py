@@ -7,7 +7,8 @@
 Writes docs/benchmarks/core.md. faiss is a benchmark-only dependency here.
 Both sides run with the threads the process has: faiss's OpenMP threads, and
 numpy's BLAS threads plus ``exact_search``'s selection threads (all usable
-cores by default); the page records all three.
+cores by default); the page records all three. The comparison is run again in
+a child process held to one core, every library at one thread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import glob
+import json
 import os
 import statistics
 import subprocess
@@ -49,12 +51,23 @@ def blas_info() -> str:
         return "unknown"
 
 
+def threads_line() -> str:
+    """The threads each side runs with in this process."""
+    import faiss
+
+    return (
+        f"faiss OpenMP {faiss.omp_get_max_threads()}; numpy BLAS: {blas_info()}; "
+        f"exact_search selection {_exact.default_threads()}"
+    )
+
+
 def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, pairs: int) -> tuple[list[list[object]], list[str]]:
-    """Interleaved (faiss, numpy) pairs; the order within a pair alternates so neither always runs second."""
+    """Interleaved runs of faiss, the backend and the core; the order alternates so none always runs first."""
     import faiss
 
     items = clustered_data(n, dim, seed=0)
     queries = clustered_data(n_queries, dim, seed=1, centres_seed=0)
+    cores = _exact.default_threads()
     rows, raw_lines = [], []
     for metric, flat in (("l2", faiss.IndexFlatL2), ("ip", faiss.IndexFlatIP)):
         raw = flat(dim)
@@ -82,18 +95,34 @@ def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, pairs: int) -> tupl
         same = float((np.asarray(index.query(queries, k).indices) == truth).mean())
         rows.append(
             [
+                cores,
                 metric,
                 f"{statistics.median(times['faiss']) * 1e3:.0f}",
                 f"{statistics.median(times['numpy']) * 1e3:.0f}",
-                spread(ratio) + "x",
-                spread(core_ratio) + "x",
+                spread(ratio),
+                spread(core_ratio),
                 f"{same:.4f}",
             ]
         )
         for name, values in times.items():
-            raw_lines.append(f"{metric} {name}: " + ", ".join(f"{v * 1e3:.0f}" for v in values) + " ms")
+            raw_lines.append(
+                f"{cores} core(s), {metric}, {name}: " + ", ".join(f"{v * 1e3:.0f}" for v in values) + " ms"
+            )
         index.close()
     return rows, raw_lines
+
+
+def one_core_run(args: argparse.Namespace) -> dict[str, object]:
+    """The same comparison in a child process held to one core, every library at one thread."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    cpu = min(os.sched_getaffinity(0))
+    command = [sys.executable, __file__, "--one-core-child", "--pairs", str(args.pairs)]
+    if args.quick:
+        command.append("--quick")
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, check=True, preexec_fn=lambda: os.sched_setaffinity(0, {cpu})
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_memory(n: int, dim: int, n_queries: int, k: int) -> list[list[object]]:
@@ -134,24 +163,35 @@ def bench_import(repeats: int) -> tuple[float, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument("--pairs", type=int, default=7, help="interleaved faiss/numpy pairs (at least 5)")
+    parser.add_argument("--pairs", type=int, default=7, help="interleaved runs of each side (at least 5)")
     parser.add_argument("--out", default=None, help="directory for core.md (default docs/benchmarks)")
+    parser.add_argument("--one-core-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import faiss
-
     n, nq, big = (20_000, 200, 100_000) if args.quick else (100_000, 1000, 1_000_000)
-    threads = (
-        f"faiss OpenMP threads {faiss.omp_get_max_threads()}; numpy BLAS: {blas_info()}; "
-        f"exact_search selection threads {_exact.default_threads()}"
-    )
+    if args.one_core_child:
+        rows, raw_lines = bench_vs_faiss(n, 64, nq, 10, args.pairs)
+        print(json.dumps({"threads": threads_line(), "rows": rows, "raw": raw_lines}))
+        return
+    threads = threads_line()
     print(threads)
     speed, raw_lines = bench_vs_faiss(n, 64, nq, 10, args.pairs)
     print("\n".join(raw_lines))
+    one = one_core_run(args) if hasattr(os, "sched_setaffinity") else None
+    if one is not None:
+        speed += one["rows"]
+        raw_lines += one["raw"]
+        print("\n".join(one["raw"]))
     memory = bench_memory(big, 64, nq, 10)
     import_s, heavy = bench_import(5)
     raw_text = "\n".join(f"- {line}" for line in raw_lines)
+    one_core = (
+        f"The one-core rows come from a child process held to one core (`sched_setaffinity`) with "
+        f"`OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`; threads there: {one['threads']}."
+        if one is not None
+        else "No one-core rows: this system cannot hold a process to one core."
+    )
     body = f"""
-Threads: {threads}.
+Threads in the main process: {threads}. {one_core}
 
 ## Exact top-10: numpy backend vs faiss `IndexFlat`
 
@@ -160,7 +200,7 @@ Threads: {threads}.
 (faiss, the numpy backend's `query()`, the core's `exact_search` alone), after one warm-up run;
 each ratio is taken run by run (the same machine load), shown as median (min-max, runs).
 
-{markdown_table(["metric", "faiss ms", "numpy backend ms", "backend / faiss", "exact_search / faiss", "same ids as faiss"], speed)}
+{markdown_table(["cores", "metric", "faiss ms", "numpy backend ms", "backend / faiss (x)", "exact_search / faiss (x)", "same ids as faiss"], speed)}
 
 Every run, in order:
 
