@@ -67,7 +67,7 @@ def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, pairs: int) -> tupl
 
     items = clustered_data(n, dim, seed=0)
     queries = clustered_data(n_queries, dim, seed=1, centres_seed=0)
-    cores = _exact.default_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     rows, raw_lines = [], []
     for metric, flat in (("l2", faiss.IndexFlatL2), ("ip", faiss.IndexFlatIP)):
         raw = flat(dim)
