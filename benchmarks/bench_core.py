@@ -33,31 +33,35 @@ from rechub_serving._metrics import Metric
 from rechub_serving.evaluation import clustered_data
 
 
-def blas_info() -> str:
-    """numpy's OpenBLAS: version, kernel and thread count (best effort, through its own C API)."""
-    libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*"))
+def blas_info(pattern: str, prefix: str) -> str:
+    """An OpenBLAS library's version, kernel and thread count (best effort, through its own C API)."""
+    libs = glob.glob(pattern)
     if not libs:
-        return "unknown (no bundled scipy-openblas found)"
+        return "unknown (library not found)"
     try:
         lib = ctypes.CDLL(libs[0])
         suffix = "64_" if "64_" in os.path.basename(libs[0]) else ""
-        config = getattr(lib, f"scipy_openblas_get_config{suffix}")
-        core = getattr(lib, f"scipy_openblas_get_corename{suffix}")
-        threads = getattr(lib, f"scipy_openblas_get_num_threads{suffix}")
+        config = getattr(lib, f"{prefix}get_config{suffix}")
+        core = getattr(lib, f"{prefix}get_corename{suffix}")
+        threads = getattr(lib, f"{prefix}get_num_threads{suffix}")
         config.restype = core.restype = ctypes.c_char_p
         threads.restype = ctypes.c_int
-        return f"{config().decode().split()[1]}, kernel {core().decode()}, {threads()} threads"
+        return f"OpenBLAS {config().decode().split()[1]}, kernel {core().decode()}, {threads()} threads"
     except (OSError, AttributeError, IndexError):
         return "unknown"
 
 
 def threads_line() -> str:
-    """The threads each side runs with in this process."""
+    """The threads and BLAS kernels each side runs with in this process."""
     import faiss
 
+    numpy_blas = blas_info(
+        os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas*"), "scipy_openblas_"
+    )
+    faiss_libs = os.path.join(os.path.dirname(os.path.dirname(faiss.__file__)), "faiss_cpu.libs", "libopenblas*")
     return (
-        f"faiss OpenMP {faiss.omp_get_max_threads()}; numpy BLAS: {blas_info()}; "
-        f"exact_search selection {_exact.default_threads()}"
+        f"faiss: OpenMP {faiss.omp_get_max_threads()} threads, {blas_info(faiss_libs, 'openblas_')}; "
+        f"numpy: {numpy_blas}; exact_search selection {_exact.default_threads()} threads"
     )
 
 
@@ -160,6 +164,19 @@ def bench_import(repeats: int) -> tuple[float, list[str]]:
     return statistics.median(times), heavy
 
 
+HISTORY = """### History (issue 14)
+
+Before issue 14 this page said 0.69x (l2) and 0.78x (ip) with no machine record; an audit on
+this 2-core machine at load 0.3 measured 1.98-2.71x (faiss 500-630 ms, numpy 1,301-1,358 ms),
+almost all of numpy's time in a single-threaded `np.argpartition` over every score. `exact_search`
+now compares each score with its row's running k-th best, partially sorting only a row's first
+columns (or a block that overturns its top-k), on every core. Before and after, measured in one
+process interleaved with faiss (`exact_search` alone, 2 cores, 7 runs; 2026-11-30, load 11-15
+from other jobs): old / faiss 0.38 (0.27-1.12) on l2 and 0.43 (0.33-0.47) on ip; new / faiss
+0.17 (0.13-0.28) and 0.18 (0.13-0.20). The old code through this script at load 0.6-1.7, the
+same day, with faiss on its Prescott kernel: 0.66 (0.54-0.73) on l2, 0.80 (0.49-0.83) on ip."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes")
@@ -205,6 +222,14 @@ each ratio is taken run by run (the same machine load), shown as median (min-max
 Every run, in order:
 
 {raw_text}
+
+faiss's ratio depends on its BLAS kernel and on the machine's load more than numpy's does:
+faiss-cpu 1.15.1 ships OpenBLAS 0.3.15, which on this CPU falls back to the Prescott (SSE3)
+kernel unless `OPENBLAS_CORETYPE` is set (the thread line above names the kernels), and its
+OpenMP loops slow down far more than numpy when other jobs share the cores. Compare those two
+first when a rerun differs by more than the spread.
+
+{HISTORY}
 
 ## Peak extra memory of one query batch
 
