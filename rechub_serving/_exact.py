@@ -147,7 +147,7 @@ def _blocked_topk(items, scaled, k, item_norms, excluded_cols, block_bytes, thre
             if banned is not None:
                 _ban(key, banned, start)
             norms = item_norms[start : start + key.shape[1]] if item_norms is not None else None
-            # The first block's columns go in a ramp: see _ramp.
+            # The first block's columns go in a ramp: see _select_ramp.
             first = max(8 * k, 512) if start == 0 else key.shape[1]
             _select_in_chunks(key, norms, best_key, best_pos, start, k, threads, first)
             del key
@@ -255,7 +255,6 @@ def _cap_at_kth(key, mask, heavy, k) -> None:
     sub.partition(k - 1, axis=1)
     kth = sub[:, k - 1 : k].copy()
     del sub
-    kth[np.isnan(kth)] = np.inf  # fewer than k numbers in the row: all of them are candidates
     if whole:
         mask &= key <= kth
         counts = np.count_nonzero(mask, axis=1)
