@@ -28,7 +28,8 @@ __all__ = ["NumpyBackend", "NumpyEngine"]
 class NumpyEngine(Engine):
     """Rows of one float32 matrix, each with its label; exact search."""
 
-    def __init__(self, vectors: np.ndarray, labels: np.ndarray, metric: Metric):
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray, metric: Metric, threads: int | None = None):
+        self._threads = threads
         self._vectors = vectors
         self._labels = labels  # row -> label
         self._metric = metric
@@ -65,6 +66,7 @@ class NumpyEngine(Engine):
             block_bytes=params["block_bytes"],
             item_norms=self._norms,
             excluded_cols=cols,
+            threads=self._threads,
         )
         return np.where(pos >= 0, labels[np.maximum(pos, 0)], -1), dist
 
@@ -120,10 +122,20 @@ class NumpyBackend(Backend):
             search=True,
         ),
         Param("mmap", bool, False, "memory-map the vectors when loading a saved index", runtime=True),
+        Param(
+            "threads",
+            int,
+            None,
+            "threads that select the top-k (None: every usable core; the matrix product uses BLAS's own)",
+            aliases=("n_jobs",),
+            minimum=1,
+            maximum=1024,
+            runtime=True,
+        ),
     )
 
     def build(self, vectors: np.ndarray, config: BackendConfig, ids: np.ndarray | None = None) -> NumpyEngine:
-        return NumpyEngine(vectors, np.arange(len(vectors), dtype=np.int64), config.metric)
+        return NumpyEngine(vectors, np.arange(len(vectors), dtype=np.int64), config.metric, config["threads"])
 
     def load(self, files: EngineFiles, config: BackendConfig) -> NumpyEngine:
         vectors = np.load(files.path("vectors.npy"), mmap_mode="r" if config["mmap"] else None, allow_pickle=False)
@@ -134,7 +146,7 @@ class NumpyBackend(Backend):
             raise IndexFormatError(f"labels.npy holds {labels.dtype} {labels.shape}, expected one int64 per vector")
         if len(labels) and (labels.min() < 0 or len(np.unique(labels)) != len(labels)):
             raise IndexFormatError("labels.npy holds negative or repeated labels")
-        return NumpyEngine(vectors, labels, config.metric)
+        return NumpyEngine(vectors, labels, config.metric, config["threads"])
 
 
 @hookimpl
