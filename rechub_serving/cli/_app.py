@@ -994,6 +994,10 @@ if _register_train is not None:
 
         logging.getLogger("rechub_serving").warning("train/recommend commands unavailable: %s", _exc)
 
+from ._serve_cmds import register as _register_serve  # noqa: E402  (imports nothing heavy until `serve` runs)
+
+_register_serve(app)
+
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point: run the app on ``argv`` (default: sys.argv[1:]) and exit."""
