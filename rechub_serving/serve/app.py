@@ -22,6 +22,8 @@ import hmac
 import importlib.metadata
 import logging
 import platform
+import signal
+import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -194,6 +196,22 @@ class _State:
         )
 
 
+def _drain_on_signals(state: _State) -> None:
+    """Readiness turns 503 as soon as SIGTERM/SIGINT arrives (the server's own handler still runs)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            state.draining = True
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -214,6 +232,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        _drain_on_signals(state)
         await state.recommend_batcher.start()
         await state.search_batcher.start()
         state.monitor.start()

@@ -100,8 +100,9 @@ class MicroBatcher:
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.threads)
-        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"rechub-{self.name}")
+        self._slots = asyncio.Semaphore(max(1, self.threads))
+        if self.threads > 0:
+            self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=f"rechub-{self.name}")
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name=f"rechub-{self.name}-batcher")
 
     async def stop(self) -> None:
@@ -157,6 +158,9 @@ class MicroBatcher:
             if not batch:
                 self._slots.release()
                 return
+            if self._executor is None:
+                await self._execute(batch)
+                continue
             task = loop.create_task(self._execute(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -208,8 +212,10 @@ class MicroBatcher:
         for job in batch:
             job.started = start
         try:
-            loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(self._executor, self._run_isolated, batch)
+            if self._executor is None:
+                results = self._run_isolated(batch)  # on the event loop: no hand-off
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_isolated, batch)
             for job, result in zip(batch, results):
                 if job.future.done():
                     continue

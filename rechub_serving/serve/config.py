@@ -54,8 +54,9 @@ class BatchConfig:
     """Micro-batching: up to ``max_batch`` users per tower run and index query, waiting at most ``max_wait_ms``.
 
     ``max_batch=1`` serves requests one at a time (no batching). ``threads`` is
-    how many batches compute at once; ``max_queue`` bounds the users waiting
-    (beyond it a request gets 503 at once instead of a growing delay).
+    how many batches compute at once, each on its own thread; 0 computes on
+    the event loop's thread. ``max_queue`` bounds the users waiting (beyond it
+    a request gets 503 at once instead of a growing delay).
     """
 
     max_batch: int = 64
@@ -66,7 +67,8 @@ class BatchConfig:
     def check(self) -> None:
         _positive("max_batch", self.max_batch)
         _positive("max_queue", self.max_queue)
-        _positive("threads", self.threads)
+        if self.threads < 0:
+            raise ConfigError(f"batch threads must be >= 0 (0: on the event loop), got {self.threads}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
 

@@ -4,7 +4,7 @@ One worker: the app is built here (a model that cannot be loaded fails
 before the port is bound) and run by a uvicorn ``Server`` whose SIGTERM
 handling is uvicorn's (stop accepting, let in-flight requests finish, run
 the lifespan shutdown) except at the end: the process exits 0 instead of
-re-raising the signal. Readiness turns to 503 as soon as the signal arrives.
+re-raising the signal.
 
 Several workers: uvicorn's supervisor starts the processes, each building
 the app from the config in ``RECHUB_SERVE_CONFIG``; each loads its own copy
@@ -43,13 +43,6 @@ def _uvicorn():
 def _server_class(uvicorn: Any) -> type:
     class GracefulServer(uvicorn.Server):
         """uvicorn's server, exiting 0 after a graceful SIGTERM/SIGINT shutdown."""
-
-        on_signal = None
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.on_signal is not None:
-                self.on_signal()
-            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -93,12 +86,6 @@ def _run_single(uvicorn: Any, config: ServeConfig) -> None:
 
     app = create_app(config)
     server = _server_class(uvicorn)(uvicorn.Config(app, **_uvicorn_options(config)))
-    state = app.state.rechub
-
-    def drain() -> None:
-        state.draining = True
-
-    server.on_signal = drain
     server.run()
     if not server.started:
         raise ConfigError(f"the server did not start on {config.host}:{config.port} (see the log above)")
