@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import markdown_table, spread, write_report  # benchmarks/_common.py: the script's directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
