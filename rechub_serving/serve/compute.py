@@ -101,6 +101,22 @@ def _query_groups(jobs: Sequence[Job], run_group: Callable[[list[int]], list[Any
     return results
 
 
+def _single_job_errors(run: Callable[[ModelStore, RecallMonitor | None, list[Job]], list[Any]]):
+    """An engine error of a one-job batch is that request's 4xx (a larger batch is split by the batcher)."""
+
+    def wrapped(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]) -> list[Any]:
+        try:
+            return run(store, monitor, jobs)
+        except RechubError as exc:
+            if len(jobs) == 1:
+                return [_as_request_error(exc)]
+            raise
+
+    wrapped.__doc__ = run.__doc__
+    return wrapped
+
+
+@_single_job_errors
 def run_recommend(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]) -> list[Any]:
     """Answer a batch of recommend requests: a JSON body (bytes) or a :class:`RequestError` per job."""
     with store.acquire() as model:
@@ -152,6 +168,7 @@ def run_recommend(store: ModelStore, monitor: RecallMonitor | None, jobs: list[J
         return _query_groups(jobs, run_group)
 
 
+@_single_job_errors
 def run_search(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]) -> list[Any]:
     """Answer a batch of vector searches: a JSON body (bytes) or a :class:`RequestError` per job."""
     with store.acquire() as model:

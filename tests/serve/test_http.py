@@ -200,8 +200,20 @@ def test_nan_and_zero_vectors_are_4xx(shared):
         headers={"content-type": "application/json"},
     )  # fmt: skip
     assert nan.status_code == 422 and nan.json()["error"]["kind"] == "wrong_type"
-    zero = shared.post("/v1/search", {"vectors": [[0.0] * dim]})
-    assert zero.status_code in (200, 422), zero.text  # cosine of a zero vector: the core refuses it with a 4xx
+
+
+def test_an_engine_error_fails_only_its_own_request(shared):
+    """A zero vector has no cosine: the core refuses it. Sent among good requests of the same k (one index
+    query for the whole batch), only it gets the 4xx; the others get their answers."""
+    dim = shared.client.get("/v1/info").json()["index"]["dim"]
+    rng = np.random.default_rng(5)
+    bodies = [{"vectors": [[0.0] * dim] if i == 3 else rng.normal(size=(2, dim)).tolist(), "k": 4} for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: httpx.post(shared.url + "/v1/search", json=b, timeout=30), bodies))
+    assert [a.status_code for a in answers] == [200, 200, 200, 422, 200, 200, 200, 200]
+    error = answers[3].json()["error"]
+    assert error["kind"] == "invalid_input" and "zero vector" in error["message"]
+    assert all(len(a.json()["results"]) == 2 for i, a in enumerate(answers) if i != 3)
 
 
 def test_http_level_errors_are_json(shared):
