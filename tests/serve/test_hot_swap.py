@@ -186,3 +186,44 @@ def test_admin_token_from_the_environment(start_server, model_a):
     }  # fmt: skip
     assert server.client.get("/v1/info").json()["admin"] is True
     assert server.stop() == 0
+
+
+def test_an_index_alone_refuses_another_dimension_or_metric(start_server, tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "items.index"
+
+    def save(dim: int, metric: str) -> None:
+        with builder_factory("numpy", metric=metric).from_embeddings(rng.normal(size=(100, dim))) as index:
+            index.save(path)
+
+    save(8, "l2")
+    server = start_server("--index", path, "--watch-interval", "0.2")
+    save(9, "l2")
+    wait_for(lambda: metric(server, "rechub_serve_swaps_total", outcome="refused") == 1, what="a dimension refusal")
+    assert "dimension 9 differs from the serving 8" in server.client.get("/v1/info").json()["last_swap"]["message"]
+    save(8, "ip")
+    wait_for(lambda: metric(server, "rechub_serve_swaps_total", outcome="refused") == 2, what="a metric refusal")
+    assert "metric 'ip' differs" in server.client.get("/v1/info").json()["last_swap"]["message"]
+    assert server.post("/v1/search", {"vectors": [[0.5] * 8]}).json()["generation"] == 1
+    save(8, "l2")
+    wait_for(lambda: server.client.get("/v1/info").json()["generation"] == 2, what="generation 2")
+    assert server.stop() == 0
+
+
+def test_a_generation_in_use_stays_open_until_its_last_batch_ends(model_a):
+    """In process: a swap while a batch holds the old generation closes it only when the batch lets go."""
+    from rechub_serving.serve.config import RecallConfig, ServeConfig
+    from rechub_serving.serve.store import ModelStore
+
+    config = ServeConfig(model_dir=str(model_a), watch_interval_s=0, recall=RecallConfig(sample_rate=0))
+    store = ModelStore(config, config.paths())
+    store.load_initial()
+    try:
+        with store.acquire() as old:
+            swapped, generation, _ = store.reload("test")
+            assert swapped and generation == 2 and store.current is not old
+            assert not old.index.closed, "closed while a batch still used it"
+            assert len(old.retriever.recommend(user(1, [1]), k=3)) == 1
+        assert old.index.closed and not store.current.index.closed
+    finally:
+        store.close()
