@@ -187,7 +187,7 @@ def run_search(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]
             k_eff = min(k, count) if count else k
             result = model.index.query(vectors, k_eff, exclude=exclude, **payloads[0].params)
             ids, dists = np.asarray(result.indices), np.asarray(result.distances, dtype=np.float32)
-            keep = _valid(ids)
+            keep = _valid(ids) & np.isfinite(dists)
             out, start = [], 0
             for j in members:
                 n = jobs[j].size

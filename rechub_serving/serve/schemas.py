@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 
 SearchParam = StrictInt | StrictFloat | StrictStr | StrictBool
 
@@ -126,8 +127,9 @@ def recommend_request_model(features: list[dict[str, Any]], id_kind: str, limits
 
 def search_request_model(dim: int, id_kind: str, limits: Limits, default_k: int) -> type:
     """The body model of ``POST /v1/search`` for an index of dimension ``dim``."""
+    number = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
     vector = Annotated[
-        list[Annotated[StrictFloat, Field(allow_inf_nan=False)]],
+        list[number],
         Field(min_length=dim, max_length=dim, description=f"a query vector of {dim} finite numbers"),
     ]
     return _create_model(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import RequestError
-from .schemas import INT64_MAX, INT64_MIN
+from .schemas import FLOAT32_MAX, INT64_MAX, INT64_MIN
 
 __all__ = ["FeatureChecker", "translate"]
 
@@ -42,8 +42,9 @@ def _is_id(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
+    """A number the tower can take: finite once converted to float32 (not a bool)."""
     t = type(value)
-    return (t is int and abs(value) < 2**63) or (t is float and math.isfinite(value))
+    return (t is int or t is float) and math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
 
 class FeatureChecker:
@@ -85,7 +86,7 @@ class FeatureChecker:
             def dense(value: Any) -> str | None:
                 if _is_number(value):
                     return None
-                return f"expected one finite number, got {_type_name(value)}"
+                return f"expected one finite number (float32 range), got {_type_name(value)}"
 
             return dense
 
@@ -95,7 +96,7 @@ class FeatureChecker:
                 return f"expected a list of {dim} finite numbers, got {got}"
             for j, item in enumerate(value):
                 if not _is_number(item):
-                    return f"[{j}]: expected a finite number, got {_type_name(item)}"
+                    return f"[{j}]: expected a finite number (float32 range), got {_type_name(item)}"
             return None
 
         return dense_vector
@@ -190,6 +191,8 @@ def translate(errors: Sequence[Mapping[str, Any]], fields: Sequence[str], limits
             )  # fmt: skip
         if len(loc) == 3:
             got = "a non-finite number" if kind_of == "finite_number" else _type_name(given)
+            if kind_of in ("greater_than_equal", "less_than_equal"):
+                got = f"{given!r}, outside the float32 range"
             return RequestError(422, "wrong_type", f"{field}: expected a finite number, got {got}", field)
         return RequestError(422, "wrong_type", f"{field}: expected a list of numbers", field)
     if top == "users":

@@ -148,6 +148,17 @@ BAD = [
     ("deep nesting", (b"[" * 100000 + b"]" * 100000, "application/json"), 413, "body_too_large", None),
     ("deep nesting under the limit", (b"[" * 9000 + b"]" * 9000, "application/json"), None, None, None),
     ("NaN literal", (b'{"users": [], "k": NaN}', "application/json"), 422, None, None),
+    (
+        "Infinity in history",
+        (
+            b'{"users": [{"user_id": 1, "gender": "M", "age": 1, "occupation": 1, "zip": "1", '
+            b'"hist_movie_id": [Infinity]}]}',
+            "application/json",
+        ),
+        422,
+        "wrong_type",
+        "users[0].hist_movie_id[0]",
+    ),
     ("form content type", (b"users=1", "application/x-www-form-urlencoded"), 415, "unsupported_media_type", None),
 ]
 
@@ -171,6 +182,7 @@ def test_bad_recommend_requests_get_a_4xx_that_names_the_field(shared, name, bod
 
 BAD_SEARCH = [
     ("wrong dimension", {"vectors": [[0.1, 0.2]]}, "wrong_dimension", "vectors[0]"),
+    ("beyond float32", {"vectors": "huge"}, "wrong_type", "vectors[0][0]"),
     ("string in vector", {"vectors": [["a"] * 16]}, "wrong_type", None),
     ("exclude id a string", {"vectors": None, "exclude": [["a"]]}, "unknown_id_type", "exclude[0][0]"),
     ("too many vectors", {"vectors": "many"}, "too_many_vectors", "vectors"),
@@ -185,6 +197,8 @@ def test_bad_search_requests(shared, model_a, name, body, kind, field):
         body["vectors"] = [[0.1] * dim]
     elif body["vectors"] == "many":
         body["vectors"] = [[0.1] * dim] * 9
+    elif body["vectors"] == "huge":
+        body["vectors"] = [[1e300] + [0.1] * (dim - 1)]
     elif name == "string in vector":
         body["vectors"] = [["a"] * dim]
     response = shared.post("/v1/search", body)
@@ -344,3 +358,16 @@ def test_search_params_are_per_request(tmp_path, start_server):
         assert answer["results"][0]["ids"] == want.tolist()
     assert not np.array_equal(low, high), "the test needs ef_search to matter"
     assert server.stop() == 0
+
+
+def test_json_logs_carry_structured_errors_and_one_line_per_request(start_server, model_a):
+    server = start_server(model_a, "--log-format", "json", "--log-level", "debug", "--watch-interval", "0")
+    assert server.post("/v1/recommend", {"users": [user(1, [1])], "k": 0}).status_code == 422
+    assert server.post("/v1/recommend", {"users": [user(1, [1])]}).status_code == 200
+    assert server.stop() == 0
+    records = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    rejected = [r for r in records if r.get("kind") == "k_out_of_range"]
+    assert rejected and rejected[0]["field"] == "k" and rejected[0]["endpoint"] == "/v1/recommend"
+    lines = [r for r in records if r.get("endpoint") == "/v1/recommend" and "duration_ms" in r]
+    assert sorted(r["status"] for r in lines) == [200, 422]
