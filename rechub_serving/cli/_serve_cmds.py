@@ -62,6 +62,12 @@ def register(app: typer.Typer) -> None:
         tower_threads: Annotated[
             int, typer.Option("--tower-threads", help="onnxruntime threads per tower run (0: all cores).")
         ] = 1,
+        compute_threads: Annotated[
+            int,
+            typer.Option(
+                "--compute-threads", help="Threads of numpy's BLAS and of OpenMP (faiss) per batch (0: their defaults)."
+            ),
+        ] = 1,
         timeout: Annotated[float, typer.Option("--timeout", help="Per-request timeout in seconds (504 after).")] = 5.0,
         max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body (413 above).")] = (
             1 << 20
@@ -124,6 +130,7 @@ def register(app: typer.Typer) -> None:
             watch_interval_s=watch_interval,
             admin_token_file=str(admin_token_file) if admin_token_file else None,
             tower_threads=tower_threads,
+            compute_threads=compute_threads,
             graceful_timeout_s=graceful_timeout,
             log_level="debug" if debug else log_level.lower(),
             log_format=log_format.lower(),

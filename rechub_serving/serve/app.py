@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
@@ -50,6 +51,7 @@ from .schemas import (
     search_request_model,
 )
 from .store import LoadedModel, ModelStore
+from .threads import limit_compute_threads
 from .validation import FeatureChecker, translate
 
 __all__ = ["app_from_environment", "create_app"]
@@ -116,6 +118,7 @@ class _State:
         )  # fmt: skip
 
     def _on_swap(self, model: LoadedModel) -> None:
+        limit_compute_threads(self.config.compute_threads)  # a new backend may have loaded its own pool
         self.monitor.reset(model.generation, model.reference, model.reference_note)
         self.metrics.set_model(
             model.generation, len(model.index), model.model_hash, model.index.backend, model.index.metric.value
@@ -196,6 +199,18 @@ class _State:
         )
 
 
+class _ServeApp(FastAPI):
+    """A FastAPI app with :class:`ServeMiddleware` outside everything, so the fast path skips the whole stack."""
+
+    outer_middleware: dict[str, Any] | None = None
+
+    def build_middleware_stack(self) -> Any:
+        stack = super().build_middleware_stack()
+        if self.outer_middleware is None:
+            return stack
+        return ServeMiddleware(stack, **self.outer_middleware)
+
+
 def _drain_on_signals(state: _State) -> None:
     """Readiness turns 503 as soon as SIGTERM/SIGINT arrives (the server's own handler still runs)."""
     if threading.current_thread() is not threading.main_thread():
@@ -214,6 +229,20 @@ def _drain_on_signals(state: _State) -> None:
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _from_bytes(model: type, answer: Any, fields: list[str], state: _State) -> Any:
+    """``answer`` for a raw JSON body: validated by ``model`` in one pass, errors as :class:`RequestError`."""
+    validate = model.model_validate_json  # type: ignore[attr-defined]
+
+    async def from_bytes(raw: bytes) -> bytes:
+        try:
+            body = validate(raw)
+        except ValidationError as exc:
+            raise translate(exc.errors(), fields, state.config.limits, state.store.current.index.id_kind) from None
+        return await answer(body)
+
+    return from_bytes
 
 
 def _settle(request: Request) -> None:
@@ -253,7 +282,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             state.metrics.close()
             logger.info("stopped: every accepted request was answered")
 
-    app = FastAPI(
+    app = _ServeApp(
         title="rechub-serving",
         version=__version__,
         summary="Two-tower retrieval: user features in, ranked item ids out.",
@@ -340,17 +369,16 @@ def create_app(config: ServeConfig) -> FastAPI:
         return Response(content, media_type=ctype)
 
     # -- serving -----------------------------------------------------------------------------------------------
+    # Each serving endpoint is one ``answer(body) -> bytes`` function used twice: by the FastAPI route (what
+    # /openapi.json describes, and what serves when the app is mounted elsewhere) and by the middleware's fast
+    # path, which validates the raw bytes in one pydantic pass and skips the framework's per-request work.
+    fast: dict[str, Any] = {}
     if model.retriever is not None:
         features = model.features or []
         checker = FeatureChecker(features)
         RecommendRequest = recommend_request_model(features, model.index.id_kind, limits, config.default_k)
 
-        @app.post(
-            "/v1/recommend", response_model=RecommendResponse, responses=ERRORS, tags=["serving"],
-            summary="Top-k item ids for users' raw features (history and seen ids excluded)",
-        )  # fmt: skip
-        async def recommend(body: RecommendRequest, request: Request) -> Response:  # type: ignore[valid-type]
-            _settle(request)
+        async def answer_recommend(body: Any) -> bytes:
             users = body.users
             checker.check(users)
             if body.seen is not None and len(body.seen) != len(users):
@@ -360,10 +388,17 @@ def create_app(config: ServeConfig) -> FastAPI:
                 )  # fmt: skip
             k = body.k or config.default_k
             payload = RecommendPayload(users, k, body.seen, body.exclude_seen, body.search_params)
-            content = await state.recommend_batcher.submit(
-                len(users), params_key(k, body.search_params), payload, timeout
-            )
-            return Response(content, media_type="application/json")
+            return await state.recommend_batcher.submit(len(users), params_key(k, body.search_params), payload, timeout)
+
+        @app.post(
+            "/v1/recommend", response_model=RecommendResponse, responses=ERRORS, tags=["serving"],
+            summary="Top-k item ids for users' raw features (history and seen ids excluded)",
+        )  # fmt: skip
+        async def recommend(body: RecommendRequest, request: Request) -> Response:  # type: ignore[valid-type]
+            _settle(request)
+            return Response(await answer_recommend(body), media_type="application/json")
+
+        fast["/v1/recommend"] = _from_bytes(RecommendRequest, answer_recommend, fields["/v1/recommend"], state)
 
     else:
 
@@ -377,12 +412,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     SearchRequest = search_request_model(model.index.dim, model.index.id_kind, limits, config.default_k)
 
-    @app.post(
-        "/v1/search", response_model=SearchResponse, responses=ERRORS, tags=["serving"],
-        summary="Nearest items for query vectors (ids and the metric's distances)",
-    )  # fmt: skip
-    async def search(body: SearchRequest, request: Request) -> Response:  # type: ignore[valid-type]
-        _settle(request)
+    async def answer_search(body: Any) -> bytes:
         if body.exclude is not None and len(body.exclude) != len(body.vectors):
             raise RequestError(
                 422, "wrong_length",
@@ -391,10 +421,17 @@ def create_app(config: ServeConfig) -> FastAPI:
             )  # fmt: skip
         k = body.k or config.default_k
         payload = SearchPayload(body.vectors, k, body.exclude, body.search_params)
-        content = await state.search_batcher.submit(
-            len(body.vectors), params_key(k, body.search_params), payload, timeout
-        )
-        return Response(content, media_type="application/json")
+        return await state.search_batcher.submit(len(body.vectors), params_key(k, body.search_params), payload, timeout)
+
+    @app.post(
+        "/v1/search", response_model=SearchResponse, responses=ERRORS, tags=["serving"],
+        summary="Nearest items for query vectors (ids and the metric's distances)",
+    )  # fmt: skip
+    async def search(body: SearchRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        _settle(request)
+        return Response(await answer_search(body), media_type="application/json")
+
+    fast["/v1/search"] = _from_bytes(SearchRequest, answer_search, fields["/v1/search"], state)
 
     # -- administration ----------------------------------------------------------------------------------------
     @app.post(
@@ -420,13 +457,13 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise RequestError(409, "swap_refused", message)
         return {"swapped": True, "generation": generation, "message": message}
 
-    app.add_middleware(
-        ServeMiddleware,
-        metrics=state.metrics,
-        max_body_bytes=limits.max_body_bytes,
-        arrivals=state.arrivals,
-        on_error=state.count_error,
-    )
+    app.outer_middleware = {
+        "fast": fast,
+        "metrics": state.metrics,
+        "max_body_bytes": limits.max_body_bytes,
+        "arrivals": state.arrivals,
+        "on_error": state.count_error,
+    }
     return app
 
 

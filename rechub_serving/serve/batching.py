@@ -130,23 +130,32 @@ class MicroBatcher:
                 503, "overloaded", f"the server is overloaded ({self.queued_users} users queued); retry shortly",
                 headers={"Retry-After": "1"},
             )  # fmt: skip
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         job = Job(size, key, payload, future)
         self._queue.append(job)
         self.queued_users += size
         self._notify()
+        timer = loop.call_later(timeout, self._expire, job, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            future.cancel()
-            try:  # still queued: it leaves the queue now, so it no longer counts against max_queue
-                self._queue.remove(job)
-                self.queued_users -= size
-            except ValueError:
-                pass
-            raise RequestError(
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, job: Job, timeout: float) -> None:
+        """The request's time is up: it fails with 504, and leaves the queue if it is still there."""
+        if job.future.done():
+            return
+        job.future.set_exception(
+            RequestError(
                 504, "timeout", f"no answer within the request timeout ({timeout:g} s); the server is too busy"
-            ) from None
+            )
+        )
+        try:
+            self._queue.remove(job)
+            self.queued_users -= job.size
+        except ValueError:  # already in a batch: its result is dropped
+            pass
 
     # -- batching -------------------------------------------------------------------------------------
     async def _collect(self) -> None:

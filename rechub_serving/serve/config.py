@@ -122,6 +122,7 @@ class ServeConfig:
     admin_token_env: str = DEFAULT_TOKEN_ENV
     admin_token_file: str | None = None
     tower_threads: int | None = 1
+    compute_threads: int = 1  # numpy's BLAS and OpenMP (faiss) threads; 0: the libraries' defaults
     graceful_timeout_s: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
@@ -144,6 +145,8 @@ class ServeConfig:
         _positive("workers", self.workers)
         if self.watch_interval_s < 0:
             raise ConfigError(f"the watch interval must be >= 0 seconds (0 disables it), got {self.watch_interval_s}")
+        if self.compute_threads < 0:
+            raise ConfigError(f"compute threads must be >= 0 (0: the libraries' defaults), got {self.compute_threads}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format must be 'text' or 'json', got {self.log_format!r}")
         return self

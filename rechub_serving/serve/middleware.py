@@ -7,6 +7,12 @@ before reading, or while reading a chunked body) and a POST body that is not
 JSON with 415, both in the server's JSON error shape; tells the micro-batcher
 that a batchable request is on its way (:class:`~.batching.Arrivals`); counts
 the request, its status and latency per endpoint; and logs one line at debug.
+
+The serving endpoints have a fast path here: their ``answer(raw body)``
+function (the same one their FastAPI route calls after FastAPI parsed the
+body) is called directly, which skips routing, dependency solving and the
+request object: about half of the framework's cost per request, which
+micro-batching cannot share out.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .batching import Arrivals
-from .errors import error_body
+from .errors import RequestError, error_body
 from .metrics import ServeMetrics
 
 __all__ = ["ServeMiddleware", "endpoint_label"]
@@ -43,12 +49,14 @@ class ServeMiddleware:
         self,
         app: Any,
         *,
+        fast: Mapping[str, Callable[[bytes], Awaitable[bytes]]],
         metrics: ServeMetrics,
         max_body_bytes: int,
         arrivals: Mapping[str, Arrivals],
         on_error: Callable[[str, str], None],
     ):
         self.app = app
+        self.fast = dict(fast)
         self.metrics = metrics
         self.max_body = int(max_body_bytes)
         self.arrivals = dict(arrivals)
@@ -75,9 +83,16 @@ class ServeMiddleware:
         self.metrics.in_flight.inc()
         try:
             if scope.get("method") in ("POST", "PUT", "PATCH"):
-                receive = await self._checked_body(scope, receive, send_status, endpoint)
-                if receive is None:
+                body = await self._checked_body(scope, receive, send_status, endpoint)
+                if body is None:
                     return
+                answer = self.fast.get(path) if scope.get("method") == "POST" else None
+                if answer is not None:
+                    if arrivals is not None and scope["state"].pop(EXPECTED, None) is not None:
+                        arrivals.settle()
+                    await self._answer(answer, body, send_status, endpoint)
+                    return
+                receive = _replay(body, receive)
             await self.app(scope, receive, send_status)
         finally:
             if arrivals is not None and scope["state"].pop(EXPECTED, None) is not None:
@@ -93,8 +108,35 @@ class ServeMiddleware:
                     extra={"endpoint": endpoint, "status": status, "duration_ms": round(elapsed * 1e3, 3)},
                 )  # fmt: skip
 
-    async def _checked_body(self, scope: dict, receive: Callable, send: Callable, endpoint: str) -> Callable | None:
-        """Read the whole body within the limit and hand it on; None when an error response was sent."""
+    async def _answer(self, answer: Callable, body: bytes, send: Callable, endpoint: str) -> None:
+        """The fast path of a serving endpoint: its answer, or its error in the server's JSON shape."""
+        try:
+            content = await answer(body)
+        except RequestError as exc:
+            self.on_error(endpoint, exc.kind)
+            if exc.status >= 500:
+                logger.warning(
+                    "%s %s: %s", exc.status, exc.kind, exc.message, extra={"kind": exc.kind, "endpoint": endpoint}
+                )
+            else:
+                logger.debug(
+                    "rejected: %s", exc.message, extra={"kind": exc.kind, "field": exc.field, "endpoint": endpoint}
+                )
+            await _send(send, exc.status, json.dumps(exc.body()).encode(), exc.headers)
+            return
+        except Exception:
+            self.on_error(endpoint, "internal")
+            logger.exception("unexpected error on %s", endpoint, extra={"kind": "internal"})
+            await _send(
+                send,
+                500,
+                json.dumps(error_body("internal", "the server failed to answer; the error was logged")).encode(),
+            )
+            return
+        await _send(send, 200, content)
+
+    async def _checked_body(self, scope: dict, receive: Callable, send: Callable, endpoint: str) -> bytes | None:
+        """Read the whole body within the limit; None when an error response was sent."""
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype and ctype != b"application/json" and not ctype.endswith(b"+json"):
@@ -130,17 +172,7 @@ class ServeMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay
+        return b"".join(chunks)
 
     @property
     def _drain_cap(self) -> int:
@@ -161,12 +193,25 @@ class ServeMiddleware:
 
     async def _error(self, send: Callable, endpoint: str, status: int, kind: str, message: str) -> None:
         self.on_error(endpoint, kind)
-        content = json.dumps(error_body(kind, message)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await _send(send, status, json.dumps(error_body(kind, message)).encode())
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """A ``receive`` that hands the already-read body to the app once."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send(send: Callable, status: int, content: bytes, headers: Mapping[str, str] | None = None) -> None:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})

@@ -108,6 +108,17 @@ def test_several_workers_share_the_port_and_the_metrics(start_server, model_a):
     from tests.serve.conftest import user
 
     server = start_server(model_a, "--workers", "2", "--watch-interval", "0")
+
+    def generations():
+        for family in text_string_to_metric_families(server.client.get("/metrics").text):
+            if family.name == "rechub_serve_index_generation":
+                return {s.labels["pid"]: s.value for s in family.samples}
+        return {}
+
+    deadline = time.monotonic() + 60
+    while sorted(generations().values()) != [1.0, 1.0]:  # /ready answered by one worker; wait for both
+        assert time.monotonic() < deadline, generations()
+        time.sleep(0.2)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         responses = list(
             pool.map(lambda i: httpx.post(server.url + "/v1/recommend", json={"users": [user(i, [1])]}, timeout=60),
@@ -120,6 +131,5 @@ def test_several_workers_share_the_port_and_the_metrics(start_server, model_a):
         if s.name.endswith("_total") and s.labels["endpoint"] == "/v1/recommend"
     )  # fmt: skip
     assert served == 40, "a scrape of one worker reports every worker's requests"
-    generations = [s for s in families["rechub_serve_index_generation"].samples]
-    assert {s.value for s in generations} == {1.0} and len({s.labels["pid"] for s in generations}) == 2
+    assert sorted(generations().values()) == [1.0, 1.0]
     assert server.stop() == 0, server.output()
