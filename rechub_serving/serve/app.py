@@ -252,7 +252,11 @@ def _settle(request: Request) -> None:
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    """The ASGI app for ``config``; loads the model now (raises when it cannot be served)."""
+    """The ASGI app for ``config``; loads the model now (raises when it cannot be served).
+
+    The process's BLAS and OpenMP pools are set to ``config.compute_threads``
+    threads (1 by default; 0 leaves them as they are).
+    """
     config.check()
     state = _State(config)
     state.store.load_initial()
@@ -342,7 +346,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         return _json(500, error_body("internal", "the server failed to answer; the error was logged"))
 
     # -- probes and information ------------------------------------------------------------------------------
-    @app.get("/health", response_model=HealthResponse, tags=["probes"], summary="Liveness: the process answers")
+    @app.get(
+        "/health", response_model=HealthResponse, response_model_exclude_none=True, tags=["probes"],
+        summary="Liveness: the process answers",
+    )  # fmt: skip
     async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
