@@ -292,6 +292,9 @@ class ModelStore:
             logger.info("hot swap postponed (%s): %s", reason, exc)
             return False, old.generation, f"not swapped: {exc}; retry when the files are complete"
         except Exception as exc:
+            if fingerprint(self.paths) != started:  # a writer was at work: not a verdict on the new files
+                logger.info("hot swap postponed (%s): the files changed while loading (%s)", reason, exc)
+                return False, old.generation, "not swapped: the files changed while they were loaded; retry"
             return self._refuse(started, reason, exc)
         problems = [
             f"{name} {new_value!r} differs from the serving {old_value!r}"
