@@ -66,7 +66,7 @@ def test_sigterm_answers_every_accepted_request_and_exits_0(start_server, big_in
 @pytest.mark.slow
 def test_sigterm_during_a_load_loop(start_server, big_index):
     """Clients in a loop: every answer before the exit is a 200; the only failures are refused new connections."""
-    server = start_server("--index", big_index, "--max-batch", "32")
+    server = start_server("--index", big_index, "--max-batch", "32", "--timeout", "300")
     rng = np.random.default_rng(2)
     statuses: list[int] = []
     late_errors: list[str] = []
