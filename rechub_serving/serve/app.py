@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .._version import __version__
+from .. import __version__
 from .batching import Arrivals, MicroBatcher
 from .compute import RecommendPayload, SearchPayload, params_key, run_recommend, run_search
 from .config import ServeConfig, read_admin_token

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .._errors import RechubError
+from .. import RechubError
 
 __all__ = [
     "ConfigError",
