@@ -410,13 +410,15 @@ def render(models, modes, results, process, clients, args, exit_codes, seconds) 
                 rows.append([c, mode, fmt(med(name, mode, c, "throughput"), ".0f"), fmt(med(name, mode, c, "p50_ms"), ".2f"),
                              fmt(med(name, mode, c, "p99_ms"), ".2f"), sum(r["errors"] for r in results[(name, mode, c)]),
                              fmt(med(name, mode, c, "server_cpu_ms_per_request"), ".3f"),
+                             fmt(med(name, mode, c, "throughput") * med(name, mode, c, "server_cpu_ms_per_request") / 1e3, ".2f"),
                              fmt(med(name, mode, c, "client_cpu_ms_per_request"), ".3f")])  # fmt: skip
         p = process[name]
         rows.append(["1", "in-process Retriever (no HTTP)", fmt(p["throughput"], ".0f"), fmt(p["p50_ms"], ".2f"),
-                     fmt(p["p99_ms"], ".2f"), 0, fmt(p["single_cpu_ms"], ".3f"), "-"])  # fmt: skip
+                     fmt(p["p99_ms"], ".2f"), 0, fmt(p["single_cpu_ms"], ".3f"),
+                     fmt(p["throughput"] * p["single_cpu_ms"] / 1e3, ".2f"), "-"])  # fmt: skip
         lines.append(markdown_table(
             ["clients", "serving", "requests/s", "p50 ms", "p99 ms", "errors", "server CPU ms/request",
-             "client CPU ms/request"], rows,
+             "server cores busy", "client CPU ms/request"], rows,
         ))  # fmt: skip
         lines.append("")
         top = max(clients)
@@ -470,6 +472,17 @@ def render(models, modes, results, process, clients, args, exit_codes, seconds) 
         ]
     lines += ["## Targets", "", markdown_table(["index", "target", "measured", "reached"],
               [[n, t, m, "yes" if ok else "**no**"] for n, t, m, ok in targets]), ""]  # fmt: skip
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines += [
+        'How to read this page: "server cores busy" is requests/s times server CPU per request, the share of '
+        "the machine the server actually got. On a dedicated 2-core machine a saturated one-worker server keeps "
+        "about one core busy (its event loop) plus what numpy, faiss and onnxruntime do outside the GIL; well "
+        "below that, the server was waiting for a CPU that other processes held, and its throughput and tail "
+        f"latency measure the machine's load (load average {load:.1f} on {os.cpu_count()} cores at the end of this "
+        "run) more than the server. Server CPU per request, and the ratios of it, are the numbers that carry "
+        "over to another machine.",
+        "",
+    ]
     lines.append(f"Every server exited with code {sorted(set(exit_codes))} after SIGTERM. The whole run took "
                  f"{seconds / 60:.1f} minutes.")  # fmt: skip
     return "\n".join(lines)
