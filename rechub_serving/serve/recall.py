@@ -3,8 +3,7 @@
 After a batch is answered, each request is sampled with probability
 ``sample_rate``; a sampled request's user vectors, k, exclusions and served
 ids are put on a bounded queue (full: the sample is dropped and counted, the
-request never waits). One background thread, at a lower OS priority, answers
-each sample again with the generation's :class:`~.reference.ExactReference`
+request never waits). One background thread answers each sample again with the generation's :class:`~.reference.ExactReference`
 and adds, per user, the served ids found in the exact top-k (hits) and the
 exact top-k's size (relevant). Recall@k is hits / relevant: over the last
 ``window`` users (the ``rechub_serve_live_recall`` gauge and ``/v1/info``) and
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import random
 import threading
@@ -131,10 +129,8 @@ class RecallMonitor:
         done.wait(timeout)
 
     def _work(self) -> None:
-        try:  # below the request threads: recall is never worth a slower answer
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
+        # Not at a lower OS priority: a low-priority thread that wants the GIL back makes the serving threads
+        # wait until the OS schedules it (CPython hands the GIL over), which on a busy machine is worse.
         while True:
             sample = self._queue.get()
             try:
