@@ -8,8 +8,11 @@ server are still on their way to the queue (:class:`Arrivals`) and the oldest
 job has waited less than ``max_wait_ms``. A lone client therefore never waits
 for a batch that cannot fill, and under load batches fill while the previous
 one computes. Batches run in a thread pool (``threads`` at a time) so the event
-loop keeps accepting requests. If a batch's computation raises, each of its
-jobs is run again alone, so one bad job cannot fail its neighbours.
+loop keeps reading requests while numpy or onnxruntime compute without the
+GIL; with ``threads=0`` they run on the event loop itself (no thread hand-off,
+but no reading while a batch computes: slower in our measurements). If a
+batch's computation raises, each of its jobs is run again alone, so one bad
+job cannot fail its neighbours.
 """
 
 from __future__ import annotations
