@@ -177,6 +177,7 @@ def test_a_bad_pair_is_refused_and_the_old_one_keeps_serving(start_server, model
     assert "refused the new model" in log and "s3cret" not in log
 
 
+@pytest.mark.slow
 def test_admin_token_from_the_environment(start_server, model_a):
     server = start_server(model_a, "--watch-interval", "0", env={"RECHUB_SERVE_ADMIN_TOKEN": "env-token-123"})
     assert server.client.post("/admin/reload", headers={"authorization": "Bearer nope"}).status_code == 401
@@ -188,6 +189,7 @@ def test_admin_token_from_the_environment(start_server, model_a):
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_an_index_alone_refuses_another_dimension_or_metric(start_server, tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "items.index"

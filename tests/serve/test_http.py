@@ -305,6 +305,7 @@ def test_request_timeout_is_a_504(start_server, model_a):
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_index_alone_serves_search_only(start_server, model_a):
     server = start_server("--index", model_a / "items.index")
     dim = server.client.get("/v1/info").json()["index"]["dim"]
@@ -334,6 +335,7 @@ def test_importing_the_library_imports_no_web_framework():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_search_params_are_per_request(tmp_path, start_server):
     """Two groups in flight: each request gets its own k, and the engine sees each request's parameters."""
     pytest.importorskip("faiss")
@@ -360,6 +362,7 @@ def test_search_params_are_per_request(tmp_path, start_server):
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_json_logs_carry_structured_errors_and_one_line_per_request(start_server, model_a):
     server = start_server(model_a, "--log-format", "json", "--log-level", "debug", "--watch-interval", "0")
     assert server.post("/v1/recommend", {"users": [user(1, [1])], "k": 0}).status_code == 422

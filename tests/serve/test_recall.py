@@ -122,6 +122,7 @@ def test_live_recall_of_recommendations_uses_the_model_dirs_embeddings(start_ser
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_no_reference_is_reported(start_server, tmp_path):
     rng = np.random.default_rng(0)
     with hnsw_builder(metric="l2", m=8).from_embeddings(rng.normal(size=(500, 8))) as index:
@@ -134,6 +135,7 @@ def test_no_reference_is_reported(start_server, tmp_path):
     assert server.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_reference_of_other_vectors_is_refused(start_server, tmp_path):
     rng = np.random.default_rng(0)
     with hnsw_builder(metric="l2", m=8).from_embeddings(rng.normal(size=(500, 8))) as index:
