@@ -34,14 +34,21 @@ class ModelMismatchError(RechubError, ValueError):
     """The index was not built from this tower's model (dimension, metric, normalisation or hash)."""
 
 
-def _session(path: Path, providers: Sequence[str] | None):
+def _session(path: Path, providers: Sequence[str] | None, threads: int | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
         raise RechubError("the Retriever needs onnxruntime: pip install 'rechub-serving[serve]'") from None
     if not path.is_file():
         raise InvalidInputError(f"{path} does not exist; pass the user_tower.onnx written by `rechub-index train`")
-    return ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
+    options = None
+    if threads is not None:
+        if int(threads) < 0:
+            raise InvalidInputError(f"threads must be >= 0 (0: onnxruntime's default), got {threads}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def read_tower_metadata(path: str | Path) -> dict[str, Any]:
@@ -60,11 +67,26 @@ def _metadata(session: Any, path: Path) -> dict[str, Any]:
 
 
 class _Encoder:
-    """Raw value -> index with the training vocabulary (0 padding, 1 unknown)."""
+    """Raw value -> index with the training vocabulary (0 padding, 1 unknown).
+
+    :meth:`key` is the one rule for how a raw value meets the vocabulary;
+    :meth:`encode` and :meth:`keys` take vectorised shortcuts for the common
+    columns (all ints for an int vocabulary, all strings for a string one)
+    that give the same answer as applying :meth:`key` value by value.
+    """
 
     def __init__(self, values: Sequence[Any]):
         self.ints = bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
         self.lookup = {v: i + OFFSET for i, v in enumerate(values)}
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        if self.ints:
+            try:
+                raw = np.asarray(values, dtype=np.int64)
+            except OverflowError:  # ids beyond int64: the per-value path only
+                raw = None
+            if raw is not None:
+                order = np.argsort(raw, kind="stable")
+                self._sorted = (raw[order], (order + OFFSET).astype(np.int64))
 
     def key(self, value: Any) -> Any:
         if hasattr(value, "item"):
@@ -77,9 +99,32 @@ class _Encoder:
             return str(value) if str(value) in self.lookup else value
         return value
 
+    def keys(self, values: list[Any]) -> list[Any]:
+        """:meth:`key` of every value (the list itself when no value changes)."""
+        if self.ints:
+            if all(type(v) is int for v in values):
+                return values
+        elif all(type(v) is str for v in values):
+            return values
+        return [self.key(v) for v in values]
+
     def encode(self, values: Sequence[Any]) -> np.ndarray:
+        n = len(values)
+        if n and self._sorted is not None and all(type(v) is int for v in values):
+            try:
+                query = np.fromiter(values, dtype=np.int64, count=n)
+            except OverflowError:
+                query = None
+            if query is not None:
+                keys, codes = self._sorted
+                pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+                return np.where(keys[pos] == query, codes[pos], UNK)
         get = self.lookup.get
-        return np.fromiter((get(self.key(v), UNK) for v in values), dtype=np.int64, count=len(values))
+        if not self.ints:
+            return np.fromiter(
+                (get(v, UNK) if type(v) is str else get(self.key(v), UNK) for v in values), dtype=np.int64, count=n
+            )
+        return np.fromiter((get(self.key(v), UNK) for v in values), dtype=np.int64, count=n)
 
 
 class Recommendations:
@@ -120,8 +165,9 @@ class Retriever:
     ``user_tower``: the ``user_tower.onnx`` of an export. ``index``: a saved
     index directory (opened with :func:`rechub_serving.open_index`, ``index_params``
     passed on) or an open :class:`Indexer`. ``vocabularies``: a JSON file or
-    mapping overriding the tower's own. Raises :class:`ModelMismatchError` when
-    the index does not fit the tower.
+    mapping overriding the tower's own. ``threads``: onnxruntime's intra-op
+    threads for the tower (default: its own choice, all cores). Raises
+    :class:`ModelMismatchError` when the index does not fit the tower.
     """
 
     def __init__(
@@ -133,10 +179,11 @@ class Retriever:
         k: int = 10,
         exclude_seen: bool = True,
         providers: Sequence[str] | None = None,
+        threads: int | None = None,
         **index_params: Any,
     ):
         self.tower_path = Path(user_tower)
-        self._session = _session(self.tower_path, providers)
+        self._session = _session(self.tower_path, providers, threads)
         self.metadata = _metadata(self._session, self.tower_path)
         if self.metadata.get("tower") != "user":
             raise InvalidInputError(f"{self.tower_path} is the {self.metadata.get('tower')} tower; pass the user tower")
@@ -255,7 +302,25 @@ class Retriever:
             return []
         if isinstance(value, str):
             return [v for v in value.replace(",", "|").split("|") if v != ""]
+        if type(value) is list and (all(type(v) is int for v in value) or all(type(v) is str for v in value)):
+            return value  # what the numpy round trip below gives, without it
         return list(np.asarray(value).ravel().tolist())
+
+    def _encode_sequences(self, enc: _Encoder, rows: list[list[Any]]) -> np.ndarray:
+        """Left-padded ``(n, seq_max_len)`` codes of each row's last ``seq_max_len`` values, in one encode call."""
+        n, width = len(rows), self.seq_max_len
+        out = np.zeros((n, width), dtype=np.int64)
+        tails = [row[-width:] if width else [] for row in rows]
+        lengths = np.fromiter((len(t) for t in tails), dtype=np.int64, count=n)
+        total = int(lengths.sum())
+        if total:
+            flat = [v for t in tails for v in t]
+            codes = enc.encode(flat)
+            row_of = np.repeat(np.arange(n), lengths)
+            starts = np.cumsum(lengths) - lengths
+            col_of = width - lengths[row_of] + (np.arange(total) - starts[row_of])
+            out[row_of, col_of] = codes
+        return out
 
     def encode(self, features: Any) -> tuple[dict[str, np.ndarray], list[list[Any]]]:
         """ONNX feeds for raw ``features``, and per user the raw item ids of its histories."""
@@ -270,21 +335,21 @@ class Retriever:
                 feeds[name] = self._encoders[name].encode(list(cols[name]))
             else:
                 rows = [self._sequence(v) for v in cols[name]]
-                out = np.zeros((n, self.seq_max_len), dtype=np.int64)
                 enc = self._encoders[name]
-                for i, row in enumerate(rows):
-                    tail = row[-self.seq_max_len :]
-                    if tail:
-                        out[i, -len(tail) :] = enc.encode(tail)
-                    if spec.get("vocabulary") == self.item_vocabulary:
-                        seen[i].extend(enc.key(v) for v in row)
-                feeds[name] = out
+                feeds[name] = self._encode_sequences(enc, rows)
+                if spec.get("vocabulary") == self.item_vocabulary:
+                    for i, row in enumerate(rows):
+                        seen[i].extend(enc.keys(row))
         return feeds, seen
+
+    def embed(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The user tower's vectors for encoded ``feeds`` (from :meth:`encode`), one tower run for the batch."""
+        return self._session.run(["embedding"], dict(feeds))[0]
 
     def user_vectors(self, features: Any) -> np.ndarray:
         """The user tower's L2-normalised vectors for raw ``features``."""
         feeds, _ = self.encode(features)
-        return self._session.run(["embedding"], feeds)[0]
+        return self.embed(feeds)
 
     def recommend(
         self,
@@ -297,25 +362,60 @@ class Retriever:
     ) -> Recommendations:
         """Top-``k`` raw item ids per user, the user's history and ``seen`` ids excluded."""
         feeds, history = self.encode(features)
-        vectors = self._session.run(["embedding"], feeds)[0]
-        exclude = None
-        if self.exclude_seen if exclude_seen is None else exclude_seen:
-            if seen is not None and len(seen) != len(vectors):
-                raise InvalidInputError(f"seen has {len(seen)} rows for {len(vectors)} users; give one list per user")
-            exclude = [
-                h + list(seen[i] if seen is not None and seen[i] is not None else []) for i, h in enumerate(history)
-            ]
-            exclude = [self._index_ids(row) for row in exclude]
+        vectors = self.embed(feeds)
+        return self.recommend_vectors(
+            vectors, k, history=history, seen=seen, exclude_seen=exclude_seen, **search_params
+        )
+
+    def recommend_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int | None = None,
+        *,
+        history: Sequence[Sequence[Any]] | None = None,
+        seen: Sequence[Any] | None = None,
+        exclude_seen: bool | None = None,
+        **search_params: Any,
+    ) -> Recommendations:
+        """Top-``k`` for user ``vectors`` already computed (:meth:`embed`), excluding ``history`` and ``seen``.
+
+        ``history`` is the second value :meth:`encode` returns. ``recommend`` is
+        ``encode``, ``embed`` and this; a server that gathers many requests runs
+        the first two once for all of them and this once per group of requests
+        that share ``k`` and search parameters.
+        """
+        exclude = self.exclusions(len(vectors), history, seen) if (
+            self.exclude_seen if exclude_seen is None else exclude_seen
+        ) else None  # fmt: skip
         k = min(k or self.k, len(self.index))
         result = self.index.query(vectors, k, exclude=exclude, **search_params)
         return Recommendations(np.asarray(result.indices), np.asarray(result.scores, dtype=np.float32))
+
+    def exclusions(
+        self, n: int, history: Sequence[Sequence[Any]] | None, seen: Sequence[Any] | None = None
+    ) -> list[list[Any]]:
+        """Per user, the item ids the index must not return: its history plus its ``seen`` row."""
+        if seen is not None and len(seen) != n:
+            raise InvalidInputError(f"seen has {len(seen)} rows for {n} users; give one list per user")
+        if history is not None and len(history) != n:
+            raise InvalidInputError(f"history has {len(history)} rows for {n} users; give one list per user")
+        rows = []
+        for i in range(n):
+            row = list(history[i]) if history is not None else []
+            if seen is not None and seen[i] is not None:
+                row.extend(seen[i])
+            rows.append(self._index_ids(row))
+        return rows
 
     def _index_ids(self, row: list[Any]) -> list[Any]:
         """Keep only ids of the index's type (a str id never matches an int index and vice versa)."""
         if not row:
             return row
-        want_str = self.index.id_kind == "str"
-        return [v for v in row if isinstance(v, str) == want_str and not isinstance(v, bool)]
+        if self.index.id_kind == "str":
+            return row if all(type(v) is str for v in row) else [v for v in row if isinstance(v, str)]
+        if all(type(v) is int for v in row):
+            return row
+        return [v for v in row if not isinstance(v, (str, bool))]
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:

@@ -180,6 +180,10 @@ def _register_optional(module: str) -> None:
 
 _register_optional("_train_cmds")  # train, recommend
 
+from ._serve_cmds import register as _register_serve  # noqa: E402  (imports nothing heavy until `serve` runs)
+
+_register_serve(app)
+
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point: run the app on ``argv`` (default: sys.argv[1:]) and exit."""
