@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InvalidInputError, RechubError
-from ._indexer import Indexer
+from rechub_serving import Indexer, InvalidInputError, RechubError
 
 __all__ = ["ModelMismatchError", "Recommendations", "Retriever", "read_tower_metadata"]
 

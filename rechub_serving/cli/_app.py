@@ -179,10 +179,7 @@ def _register_optional(module: str) -> None:
 
 
 _register_optional("_train_cmds")  # train, recommend
-
-from ._serve_cmds import register as _register_serve  # noqa: E402  (imports nothing heavy until `serve` runs)
-
-_register_serve(app)
+_register_optional("_serve_cmds")  # serve
 
 
 def run(argv: list[str] | None = None) -> None:

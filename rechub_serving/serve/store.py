@@ -50,8 +50,7 @@ Fingerprint = tuple[Any, ...]
 
 def read_index_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the saved index at ``path`` (not re-verifying checksums: loading does that)."""
-    # TODO(lead): public read_manifest
-    from .._storage import read_manifest
+    from rechub_serving import read_manifest
 
     return read_manifest(Path(path), verify=False)
 
