@@ -30,7 +30,6 @@ from rechub_serving import (
     EngineFiles,
     IndexFormatError,
     InvalidParameterError,
-    NotAnIndexError,
     Param,
     UnsupportedOperation,
 )
@@ -43,14 +42,13 @@ from ._defaults import (
     plan_index,
 )
 from ._engine import INDEX_FILE, FaissEngine
+from ._files import first_line, read_index, saved_resolved, take_external_ids
 from ._inspect import gpu_available, inspect_index, metric_of
 from ._train import train, training_sample
 
 __all__ = ["FaissBackend"]
 
 logger = logging.getLogger("rechub_serving.faiss")
-
-_RESOLVED_KEYS = ("factory", "nlist", "nprobe", "m", "ef_construction", "ef_search", "pq_m", "nbits")
 
 
 def _index_type(value: str) -> str:
@@ -197,7 +195,7 @@ class FaissBackend(Backend):
         except RuntimeError as exc:
             raise InvalidParameterError(
                 f"faiss: index_type={plan.index_type!r} is not a faiss factory string faiss accepts for dim {dim} "
-                f"({_first_line(exc)}); use Flat, IVF, HNSW, IVFPQ, SQ8 or see the faiss index_factory docs"
+                f"({first_line(exc)}); use Flat, IVF, HNSW, IVFPQ, SQ8 or see the faiss index_factory docs"
             ) from None
         info = inspect_index(index)
         if plan.family == "factory" and not info.has_ids and info.family != "hnsw":
@@ -213,7 +211,7 @@ class FaissBackend(Backend):
             else:
                 index.add(vectors)
         except RuntimeError as exc:
-            raise BackendError(f"faiss failed to build {plan.factory!r} over {n} x {dim}: {_first_line(exc)}") from None
+            raise BackendError(f"faiss failed to build {plan.factory!r} over {n} x {dim}: {first_line(exc)}") from None
         _set_search_defaults(index, plan.resolved)
         logger.debug("faiss built %s (%s) over %d x %d", plan.index_type, plan.factory, n, dim)
         return FaissEngine(index, {"factory": plan.factory, **plan.resolved}, gpu_index=_to_gpu(index, config))
@@ -226,20 +224,20 @@ class FaissBackend(Backend):
             raise IndexFormatError(
                 f"the manifest's engine.file is {name!r}, expected a file name such as {INDEX_FILE!r}"
             )
-        index = _read(files.path(name), config)
-        resolved = _saved_resolved(files.meta.get("resolved"))
+        index = read_index(files.path(name), bool(config["mmap"]))
+        resolved = saved_resolved(files.meta.get("resolved"))
         _set_search_defaults(index, {**resolved, **_given_search(config)})
         return FaissEngine(index, resolved, mapped=bool(config["mmap"]), gpu_index=_to_gpu(index, config))
 
     def adopt(self, path: Path, config: BackendConfig) -> Adopted:
         """A bare ``faiss.write_index`` file: metric from the file, ids from its IDMap if any."""
         _apply_threads(config)
-        index = _read(path, config)
+        index = read_index(path, bool(config["mmap"]))
         try:
             metric = metric_of(index)
         except ValueError as exc:
             raise IndexFormatError(f"{path}: {exc}; rechub-serving supports l2, ip and cosine") from None
-        external = _take_external_ids(index, path)
+        external = take_external_ids(index, path)
         _set_search_defaults(index, _given_search(config))
         engine = FaissEngine(index, mapped=bool(config["mmap"]), gpu_index=_to_gpu(index, config))
         return Adopted(engine, metric.value, ids=external)
@@ -264,83 +262,10 @@ def _set_search_defaults(index: Any, values: Mapping[str, Any]) -> None:
         info.hnsw.hnsw.efSearch = int(values["ef_search"])
 
 
-def _saved_resolved(value: Any) -> dict[str, Any]:
-    """The manifest's ``resolved`` entry, type-checked (a manifest is untrusted input)."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise IndexFormatError(f"the manifest's engine.resolved is {type(value).__name__}, expected an object")
-    out: dict[str, Any] = {}
-    for key in _RESOLVED_KEYS:
-        item = value.get(key)
-        if item is None:
-            continue
-        ok = isinstance(item, str) if key == "factory" else type(item) is int and 0 < item <= 1 << 24
-        if not ok:
-            raise IndexFormatError(f"the manifest's engine.resolved.{key} is {item!r}; the manifest was edited")
-        out[key] = item
-    return out
-
-
-def _read(path: Path, config: BackendConfig) -> Any:
-    # IO_FLAG_MMAP_IFC maps flat codes (Flat, SQ, HNSW storage); IO_FLAG_MMAP maps IVF lists but
-    # refuses the memory-mapped reader the first one needs, so try both.
-    attempts = [faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP] if config["mmap"] else [0]
-    error: RuntimeError | None = None
-    for flags in attempts:
-        try:
-            return faiss.read_index(str(path), flags)
-        except RuntimeError as exc:
-            error = exc
-    raise NotAnIndexError(
-        f"{path} is not a faiss index file faiss {faiss.__version__} can read: {_first_line(error)}"
-    ) from None
-
-
 def _to_gpu(index: Any, config: BackendConfig) -> Any:
     if config["device"] != "cuda":
         return None
     try:  # pragma: no cover - needs a GPU build of faiss
         return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     except RuntimeError as exc:  # pragma: no cover
-        raise UnsupportedOperation(f"faiss cannot move this index to the GPU: {_first_line(exc)}") from None
-
-
-def _take_external_ids(index: Any, path: Path) -> np.ndarray | None:
-    """For an IDMap file, move its ids out (they become the external ids) and relabel it 0..n-1."""
-    wrapper = faiss.downcast_index(index)
-    if not isinstance(wrapper, faiss.IndexIDMap):
-        if _ivf_positional(index):
-            return None
-        raise IndexFormatError(
-            f"{path} is an IVF index whose stored ids are not 0..n-1; adopting it would lose them. "
-            "Wrap it in an IndexIDMap2 before writing, or rebuild with from_embeddings(ids=...)"
-        )
-    external = faiss.vector_to_array(wrapper.id_map).astype(np.int64)
-    if len(external) and external.min() < 0:
-        raise IndexFormatError(f"{path} stores negative ids; rechub-serving ids must be >= 0")
-    if len(np.unique(external)) != len(external):
-        raise IndexFormatError(f"{path} stores duplicate ids; every id must be unique")
-    faiss.copy_array_to_vector(np.arange(len(external), dtype=np.int64), wrapper.id_map)
-    if isinstance(wrapper, faiss.IndexIDMap2):
-        wrapper.construct_rev_map()
-    return external
-
-
-def _ivf_positional(index: Any) -> bool:
-    """True unless ``index`` is an IVF index whose stored ids are something else than 0..n-1."""
-    ivf = inspect_index(index).ivf
-    if ivf is None:
-        return True
-    seen = []
-    for list_no in range(ivf.nlist):
-        size = ivf.invlists.list_size(list_no)
-        if size:
-            seen.append(faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size).copy())
-    ids = np.sort(np.concatenate(seen)) if seen else np.zeros(0, np.int64)
-    return bool(np.array_equal(ids, np.arange(len(ids))))
-
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+        raise UnsupportedOperation(f"faiss cannot move this index to the GPU: {first_line(exc)}") from None

@@ -207,3 +207,16 @@ def test_building_prints_nothing_on_stderr():
 def test_a_backend_class_works_without_an_entry_point():
     with Builder(FaissBackend, index_type="HNSW").from_embeddings(_data(100)) as index:
         assert index.backend == "faiss" and index.params["ef_search"] is not None
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs(tmp_path):
+    """benchmarks/bench_faiss.py --quick writes its page (no timing assertions: numbers live in the page)."""
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "RECHUB_SERVING_PLUGINS": "faiss"}
+    cmd = [sys.executable, str(root / "benchmarks" / "bench_faiss.py"), "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = (tmp_path / "faiss.md").read_text()
+    for expected in ("Flat (IndexIDMap2)", "nprobe=56 per call", "ef_search", "recall@10", "Machine and command"):
+        assert expected in page
