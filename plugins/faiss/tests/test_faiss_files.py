@@ -43,7 +43,13 @@ def test_directories_saved_by_0_1_load_and_answer_as_they_did(tmp_path, name):
         res = index.query(queries, 5)
         assert np.asarray(res.indices).tolist() == expected["ids"]
         np.testing.assert_allclose(np.asarray(res.distances), expected["distances"], rtol=1e-5, atol=1e-5)
-        for key in ("nlist", "nprobe", "m", "ef_search"):
+        for key in (
+            "nlist",
+            "nprobe",
+            "m",
+            "ef_construction",
+            "ef_search",
+        ):  # ef_construction: only the manifest has it
             assert index.params[key] == expected["params"][key], key
         index.save(tmp_path / "again")  # and saved again by 0.2, in the same format
     manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
