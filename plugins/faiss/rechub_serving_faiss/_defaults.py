@@ -6,13 +6,14 @@ turned into faiss factory strings here, with every parameter the user left as
 
 * never a configuration the data cannot train (IVF lists need about 39
   training points each, a PQ codebook of ``2**nbits`` centroids needs at least
-  that many points), so a 50-item catalogue gets one list, not 28 empty ones;
-* recall@10 >= 0.9 on clustered 100k x 64 data with the defaults (see
-  ``benchmarks/bench_faiss.py``), so no ``nprobe=1`` surprise.
-
-Factory strings given by the user are taken literally: the expert asked for
-exactly that index.
-"""
+  that many points), so a 50-item catalogue gets one list, not 28 empty ones,
+  and faiss never has a reason to warn;
+* an approximate index is there to be faster than exact search: each search
+  default (``ef_search``, ``nprobe``) is the fastest setting that reaches
+  recall@10 >= 0.95 on the benchmark data (100,000 x 64 clustered items,
+  queries drawn like the items; ``benchmarks/bench_faiss.py``, the curves in
+  docs/backends/faiss.md): ``ef_search=36`` (recall 0.958), and ``nprobe=28``
+  of ``nlist=1265`` lists (0.957), kept in proportion for other ``nlist``."""
 
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "EF_SEARCH_SWEEP",
     "MIN_POINTS_PER_LIST",
     "NAMED_TYPES",
+    "NPROBE_SWEEP",
     "Plan",
     "canonical_index_type",
     "default_nprobe",
+    "index_family",
     "plan_index",
 ]
 
@@ -35,7 +39,15 @@ MIN_POINTS_PER_LIST = 39
 #: HNSW defaults (faiss's own efConstruction=40 gives poor graphs at 100k).
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 200
-DEFAULT_EF_SEARCH = 128
+DEFAULT_EF_SEARCH = 36
+#: nprobe = nlist / NPROBE_DIVISOR (28 of 1265 lists at 100,000 items), at least MIN_NPROBE.
+NPROBE_DIVISOR = 45
+MIN_NPROBE = 16
+
+#: What ``rechub-index tune`` sweeps (faiss caps nprobe at nlist; ef_search below k is raised to k).
+NPROBE_SWEEP = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 128, 256)
+EF_SEARCH_SWEEP = (10, 16, 24, 32, 36, 40, 48, 64, 96, 128, 256, 512)
+_GRAPH_TOKENS = ("HNSW", "NSG", "NNDescent")
 
 NAMED_TYPES = {
     "flat": "Flat",
@@ -60,16 +72,32 @@ def canonical_index_type(value: str) -> str:
     return NAMED_TYPES.get(text.lower(), text)
 
 
+def index_family(kind: str) -> str:
+    """``"flat"``, ``"ivf"`` (inverted lists: ``nprobe`` applies), ``"graph"`` (``ef_search``) or ``"other"``."""
+    if kind in ("Flat", "SQ8"):
+        return "flat"
+    if kind in ("IVF", "IVFPQ"):
+        return "ivf"
+    if kind == "HNSW":
+        return "graph"
+    upper = kind.upper()
+    if upper.startswith("IVF") or ",IVF" in upper:
+        return "ivf"
+    if any(token in kind for token in _GRAPH_TOKENS):
+        return "graph"
+    return "other"
+
+
 def default_nlist(n: int, n_train: int) -> int:
     """About ``4 * sqrt(n)`` lists, but never fewer than 39 training points per list."""
     return max(1, min(round(4 * math.sqrt(n)), n_train // MIN_POINTS_PER_LIST))
 
 
 def default_nprobe(nlist: int) -> int:
-    """Lists visited per query: all of them for small indexes, else ~1/20 of them (at least 16)."""
-    if nlist <= 16:
+    """Lists visited per query: all of them up to 16 lists, else about ``nlist / 45`` (at least 16)."""
+    if nlist <= MIN_NPROBE:
         return nlist
-    return min(nlist, max(16, math.ceil(nlist / 20)))
+    return min(nlist, max(MIN_NPROBE, round(nlist / NPROBE_DIVISOR)))
 
 
 def default_pq_m(dim: int) -> int:

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import concurrent.futures
+import tomllib
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
-from rechub_serving_faiss import FaissBuilder
+import rechub_serving_faiss
+from rechub_serving_faiss import FaissBackend
 from rechub_serving_faiss._defaults import default_nlist, default_nprobe
 
 from rechub_serving import (
     InvalidParameterError,
     Metric,
-    NotAnIndexError,
     UnknownParameterError,
     UnsupportedOperation,
     builder_factory,
     list_backends,
-    open_index,
 )
 from rechub_serving.testing import BackendConformance, clustered_data, ground_truth, recall_at_k
 
@@ -56,9 +57,9 @@ class TestFaissSQ8(BackendConformance):
 
 class TestFaissIVFPQ(BackendConformance):
     backend = "faiss"
-    params = {"index_type": "IVFPQ"}
+    params = {"index_type": "IVFPQ", "pq_m": 16}  # 16 x 4 bits: the default pq_m=8 halves the code
     exact = False
-    recall_floor = 0.5  # product quantization trades recall for memory
+    recall_floor = 0.55  # product quantization trades recall for memory (here recall@1 0.60 on ip, @10 0.81)
     rtol, atol = 0.5, 1.0  # distances are computed from the PQ codes
     metrics = ("l2", "ip")
 
@@ -81,8 +82,15 @@ def _recall(index, items, queries, metric="l2", k=10) -> float:
 def test_registered_through_the_entry_point():
     info = {b.name: b for b in list_backends()}["faiss"]
     assert info.distribution == "rechub-serving-faiss"
-    assert info.engine_version == faiss.__version__
-    assert info.builder is FaissBuilder
+    assert info.engine_version == f"faiss-cpu {faiss.__version__}"
+    assert info.backend is FaissBackend
+
+
+def test_one_version_and_a_compatible_core_range():
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["version"] == rechub_serving_faiss.__version__ == "0.2.0"
+    assert "rechub-serving>=0.2,<0.3" in project["dependencies"]
+    assert (Path(rechub_serving_faiss.__file__).parent / "py.typed").is_file()
 
 
 def test_torch_rechub_keyword_aliases():
@@ -143,8 +151,17 @@ def test_default_rules():
     assert default_nlist(50, 50) == 1  # never lists the data cannot train
     assert default_nlist(100_000, 100_000) == 1265
     assert default_nlist(100_000, 2_000) == 2_000 // 39
-    assert default_nprobe(1) == 1 and default_nprobe(16) == 16
-    assert 16 <= default_nprobe(1265) <= 1265 // 10
+    assert default_nprobe(1) == 1 and default_nprobe(16) == 16 and default_nprobe(100) == 16
+    assert default_nprobe(1265) == 28  # measured: the fewest lists with recall@10 >= 0.95 at 100,000 x 64
+
+
+def test_the_defaults_are_the_measured_ones_and_shown_in_params():
+    """docs/backends/faiss.md: ef_search=36 and nprobe=nlist/45 are the fastest settings with recall >= 0.95."""
+    with builder_factory("faiss", index_type="HNSW").from_embeddings(_data(300)) as index:
+        assert index.params["ef_search"] == 36 and index.params["m"] == 32
+        assert index.search_params["ef_search"] == 36
+    with builder_factory("faiss", index_type="IVF").from_embeddings(_data(20_000)) as index:
+        assert index.params["nlist"] == 512 and index.params["nprobe"] == default_nprobe(512) == 16
 
 
 @pytest.mark.parametrize("index_type", ["IVF", "HNSW", "IVFPQ", "SQ8"])
@@ -177,7 +194,7 @@ def test_train_size_samples_the_training_set():
 def test_per_call_search_params_do_not_mutate_the_index():
     items, queries = _data(3000), _data(30, seed=1)
     with builder_factory("faiss", index_type="IVF", nprobe=2).from_embeddings(items) as index:
-        ivf = faiss.extract_index_ivf(index._index)
+        ivf = faiss.extract_index_ivf(index.engine.index)
         low = np.asarray(index.query(queries, 10).indices)
         high = np.asarray(index.query(queries, 10, nprobe=ivf.nlist).indices)
         assert ivf.nprobe == 2
@@ -185,7 +202,7 @@ def test_per_call_search_params_do_not_mutate_the_index():
         assert _recall(index, items, queries) <= recall_at_k(high, ground_truth(items, queries, 10, "l2")[0])
     with builder_factory("faiss", index_type="HNSW", ef_search=16).from_embeddings(items) as index:
         index.query(queries, 10, ef_search=200)
-        assert index._index.hnsw.efSearch == 16
+        assert index.engine.index.hnsw.efSearch == 16
 
 
 def test_concurrent_queries_with_different_nprobe_equal_serial():
@@ -248,82 +265,13 @@ def test_hnsw_cannot_remove_but_flat_and_ivf_can():
             assert not {0, 1, 2} & set(np.asarray(index.query(items[:3], 5).indices).ravel().tolist())
 
 
-# -- files: adopt, mmap -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_adopt_a_bare_faiss_file(tmp_path, metric):
-    items, queries = _data(500), _data(5, seed=1)
-    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    raw = faiss.index_factory(16, "HNSW16,Flat", faiss_metric)
-    raw.add(items)
-    faiss.write_index(raw, str(tmp_path / "raw.index"))
-    with builder_factory("faiss").from_index_file(tmp_path / "raw.index") as index:
-        assert index.metric is Metric(metric) and len(index) == 500 and index.dim == 16
-        assert not index.capabilities.remove  # read from the file's structure
-        expected_d, expected_i = raw.search(queries, 5)
-        res = index.query(queries, 5)
-        np.testing.assert_array_equal(np.asarray(res.indices), expected_i)
-        np.testing.assert_allclose(np.asarray(res.distances), expected_d, rtol=1e-5)
-        index.save(tmp_path / "adopted")
-    with open_index(tmp_path / "adopted") as again:
-        assert again.metric is Metric(metric)
-        np.testing.assert_array_equal(np.asarray(again.query(queries, 5).indices), expected_i)
-
-
-def test_adopt_keeps_the_ids_of_an_idmap_file(tmp_path):
-    items = _data(300)
-    raw = faiss.IndexIDMap2(faiss.IndexFlatL2(16))
-    ids = np.arange(300, dtype=np.int64) * 10 + 5
-    raw.add_with_ids(items, ids)
-    faiss.write_index(raw, str(tmp_path / "idmap.index"))
-    with builder_factory("faiss").from_index_file(tmp_path / "idmap.index") as index:
-        res = index.query(items[:3], 1)
-        assert np.asarray(res.indices)[:, 0].tolist() == [5, 15, 25]
-        assert index.remove([5]) == 1
-        assert 5 not in np.asarray(index.query(items[:1], 3).indices)[0].tolist()
-
-
-def test_adopt_as_cosine_only_for_inner_product(tmp_path):
-    raw = faiss.IndexFlatL2(16)
-    raw.add(_data(20))
-    faiss.write_index(raw, str(tmp_path / "l2.index"))
-    with pytest.raises(InvalidParameterError, match="metric"):
-        builder_factory("faiss", metric="cosine").from_index_file(tmp_path / "l2.index")
-    (tmp_path / "junk.index").write_bytes(b"not a faiss index")
-    with pytest.raises(NotAnIndexError):
-        builder_factory("faiss").from_index_file(tmp_path / "junk.index")
-
-
-@pytest.mark.parametrize("index_type", ["Flat", "IVF", "HNSW"])
-def test_mmap_load(tmp_path, index_type):
-    items, queries = _data(800), _data(5, seed=1)
-    with builder_factory("faiss", index_type=index_type).from_embeddings(items) as index:
-        expected = np.asarray(index.query(queries, 5).indices)
-        index.save(tmp_path / "idx")
-    with builder_factory("faiss", mmap=True).from_index_file(tmp_path / "idx") as loaded:
-        np.testing.assert_array_equal(np.asarray(loaded.query(queries, 5).indices), expected)
-        assert not loaded.capabilities.add
-        with pytest.raises(UnsupportedOperation):
-            loaded.add(items[:1])
-
-
-def test_loading_with_other_search_params_overrides_saved(tmp_path):
-    with builder_factory("faiss", index_type="IVF", nprobe=3).from_embeddings(_data(2000)) as index:
-        index.save(tmp_path / "idx")
-    with open_index(tmp_path / "idx") as loaded:
-        assert loaded.params["nprobe"] == 3
-    with builder_factory("faiss", nprobe=7).from_index_file(tmp_path / "idx") as loaded:
-        assert loaded.params["nprobe"] == 7 and loaded.params["index_type"] == "IVF"
-
-
 # -- factory strings ----------------------------------------------------------------------------------
 
 
 def test_factory_string_passthrough():
     items, queries = _data(2000), _data(20, seed=1)
     with builder_factory("faiss", index_type="IVF16,SQ8", nprobe=16).from_embeddings(items) as index:
-        assert isinstance(faiss.downcast_index(index._index), faiss.IndexIVFScalarQuantizer)
+        assert isinstance(faiss.downcast_index(index.engine.index), faiss.IndexIVFScalarQuantizer)
         assert index.params["nprobe"] == 16 and index.capabilities.remove
         assert _recall(index, items, queries) >= 0.85
     with builder_factory("faiss", index_type="PQ8np", metric="ip").from_embeddings(items) as index:
@@ -331,13 +279,4 @@ def test_factory_string_passthrough():
         res = index.query(queries, 5, exclude=[[0, 1]] * len(queries))
         assert not {0, 1} & set(np.asarray(res.indices).ravel().tolist())
     with builder_factory("faiss", index_type="HNSW8", ef_construction=20, ef_search=30).from_embeddings(items) as index:
-        assert not index.capabilities.remove and index._index.hnsw.efSearch == 30
-
-
-def test_threads_option_sets_faiss_threads():
-    before = faiss.omp_get_max_threads()
-    try:
-        with builder_factory("faiss", threads=1).from_embeddings(_data(50)):
-            assert faiss.omp_get_max_threads() == 1
-    finally:
-        faiss.omp_set_num_threads(before)
+        assert not index.capabilities.remove and index.engine.index.hnsw.efSearch == 30
