@@ -146,24 +146,32 @@ class AnnoyBackend(Backend):
 
     def adopt(self, path: Path, config: BackendConfig) -> Adopted:
         """Adopt a bare file written by ``AnnoyIndex.save`` (it records neither dim nor metric)."""
-        given = config.given
+        if not _layout.fits(path, limit=1):
+            raise NotAnIndexError(f"{path} is not an Annoy file: {_layout.describe_fits(path)}")
+        dim, given = config.dim, config.given
         missing = [name for name in ("dim", "metric") if given.get(name) is None]
-        dim = config.dim
         if missing:
-            looks = _layout.describe_fits(path, dim)
-            if not _layout.fits(path, dim, limit=1):
-                raise NotAnIndexError(f"{path} is not an Annoy file: {looks}")
+            wanted = None if "metric" in missing else ANNOY_METRIC[config.metric]
+            guesses = [(f, name) for f, name in _layout.fits(path, dim, limit=16) if wanted in (None, name)]
+            if not guesses:
+                what = " and ".join(f"{k} {v!r}" for k, v in (("dimension", dim), ("metric", wanted)) if v is not None)
+                raise NotAnIndexError(
+                    f"{path} is not an Annoy file of {what}: {_layout.describe_fits(path)}; "
+                    "check the parameters against how it was built"
+                )
+            f, name = guesses[0]
             raise InvalidParameterError(
-                f"{path} is a bare Annoy file, which records neither its dimension nor its metric ({looks}): give "
-                f"{' and '.join(missing)} to the builder, e.g. builder_factory('annoy', dim=64, metric='angular')"
+                f"{path} is a bare Annoy file, which records neither its dimension nor its metric "
+                f"({_layout.describe_fits(path)}): give {' and '.join(missing)} to the builder, e.g. "
+                f"builder_factory('annoy', dim={f}, metric={name!r})"
             )
-        assert dim is not None
+        assert dim is not None  # given, as checked above
         annoy_metric = ANNOY_METRIC[config.metric]
         reason = _layout.problem(path, dim, annoy_metric)
         if reason is not None:
             raise NotAnIndexError(
-                f"{path} is not an Annoy file of dimension {dim} and metric {annoy_metric!r}: {reason} "
-                f"({_layout.describe_fits(path)}); check dim= and metric= against how it was built"
+                f"{path} is not an Annoy file of dimension {dim} and metric {annoy_metric!r}: {reason}; "
+                f"{_layout.describe_fits(path)}: check dim= and metric= against how it was built"
             )
         return Adopted(self._open(path, dim, annoy_metric, config), metric=config.metric, dim=dim)
 

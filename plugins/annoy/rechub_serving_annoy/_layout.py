@@ -85,20 +85,17 @@ def fits(path: Path, dim: int | None = None, limit: int = 3) -> list[tuple[int, 
     return found
 
 
-def describe_fits(path: Path, dim: int | None = None) -> str:
+def describe_fits(path: Path) -> str:
     """A clause saying what ``path`` looks like (for error messages)."""
     with open(path, "rb") as fh:
         head = fh.read(16)
     if not head:
         return "the file is empty"
-    guesses = fits(path, dim)
+    guesses = fits(path)
     if guesses:
-        listed = ", ".join(f"dim={f} with metric {name!r}" for f, name in guesses)
-        return f"its layout fits {listed}"
+        return "its layout fits " + ", ".join(f"dim={f} with metric {name!r}" for f, name in guesses)
     if re.fullmatch(rb"I[A-Za-z0-9]{3}", head[:4]):
         return f"it starts with {head[:4]!r}, the signature of a faiss index: open it with builder_factory('faiss')"
-    if dim is not None and fits(path, None, limit=1):
-        return f"its layout fits no Annoy index of dimension {dim} ({describe_fits(path)})"
     return f"no dimension and metric give it Annoy's layout (it starts with {head[:8]!r})"
 
 

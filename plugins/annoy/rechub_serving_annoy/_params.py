@@ -27,7 +27,7 @@ SEARCH_K_AT_100K: dict[Metric, int] = {Metric.L2: 3400, Metric.COSINE: 3200, Met
 N_EXPONENT: dict[Metric, float] = {Metric.L2: 0.79, Metric.COSINE: 0.79, Metric.IP: 1.0}
 K_EXPONENT = 0.16
 #: what ``rechub-index tune`` sweeps (and the conformance suite uses to check per-call values)
-TUNE_SEARCH_K = (100, 200, 500, 1000, 2000, 3000, 5000, 10_000, 20_000, 50_000)
+TUNE_SEARCH_K = (100, 200, 500, 1000, 2000, 3000, 5000, 10_000, 20_000, 50_000, 100_000)
 
 
 def _not_zero(value: int) -> None:
@@ -121,7 +121,7 @@ def default_search_k(n_trees: int, n_items: int, k: int, metric: Metric) -> int:
     wanted = (
         SEARCH_K_AT_100K[metric] * (max(n_items, 1) / 100_000) ** N_EXPONENT[metric] * (max(k, 10) / 10) ** K_EXPONENT
     )
-    return min(MAX_C_INT, max(n_trees * k, math.ceil(wanted)))
+    return min(MAX_C_INT, max(n_trees * k, math.ceil(float(wanted))))
 
 
 def resolve_threads(value: int | None, fallback: int) -> int:

@@ -437,6 +437,9 @@ def test_adopting_needs_dim_and_metric(items, tmp_path):
         with pytest.raises(InvalidParameterError, match="bare Annoy file") as info:
             builder_factory("annoy", **params).from_index_file(path)
         assert missing in str(info.value) and f"fits dim={DIM} with metric 'angular'" in str(info.value)
+    for params, what in (({"metric": "dot"}, "metric 'dot'"), ({"dim": DIM + 1}, f"dimension {DIM + 1}")):
+        with pytest.raises(NotAnIndexError, match=f"not an Annoy file of {what}: its layout fits dim={DIM}"):
+            builder_factory("annoy", **params).from_index_file(path)
 
 
 @pytest.mark.parametrize(
