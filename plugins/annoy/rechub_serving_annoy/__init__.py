@@ -9,15 +9,19 @@ Registered through the ``rechub_serving`` entry point group, so after
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from rechub_serving import hookimpl
 
-from ._backend import AnnoyBuilder, AnnoyIndexer
+from ._backend import AnnoyBackend
+from ._engine import AnnoyEngine
 from ._version import __version__
 
-__all__ = ["AnnoyBuilder", "AnnoyIndexer", "__version__", "register_backends"]
+__all__ = ["AnnoyBackend", "AnnoyEngine", "__version__", "register_backends"]
 
 
 @hookimpl
-def register_backends(register):
+def register_backends(register: Callable[[type[Any]], None]) -> None:
     """Register the ``annoy`` backend."""
-    register(AnnoyBuilder)
+    register(AnnoyBackend)

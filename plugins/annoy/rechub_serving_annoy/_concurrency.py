@@ -1,10 +1,9 @@
 """Thread-level plumbing: the batch fan-out over a thread pool.
 
 Annoy releases the GIL inside ``get_nns_by_vector``, so a batch of queries
-split over a thread pool uses every core. The engine object itself must not
-be unloaded or remapped while a search runs on it (``AnnoyIndex.save`` and
-``unload`` unmap the nodes), hence the readers-writer lock: searches are
-readers, save and close are writers.
+split over a thread pool uses every core. The core never runs a search while
+the index saves or closes, so the pool needs no lock of its own around the
+engine; :meth:`QueryPool.run` waits for every chunk before it returns.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ class QueryPool:
     def __init__(self, threads: int) -> None:
         self.threads = max(1, int(threads))
         self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the lazy creation of the executor only
 
     def run(self, n_rows: int, work: Callable[[int, int], None]) -> None:
         workers = min(self.threads, n_rows // self.min_rows_per_thread)
@@ -51,7 +50,7 @@ class QueryPool:
         n_chunks = min(n_rows, workers * 4)
         bounds = [n_rows * i // n_chunks for i in range(n_chunks + 1)]
         futures = [self._pool().submit(work, a, b) for a, b in itertools.pairwise(bounds) if b > a]
-        # Wait for every chunk before raising: no chunk may outlive the caller's read lock.
+        # Wait for every chunk before raising: no chunk may outlive the search that started it.
         wait(futures)
         for future in futures:
             future.result()  # re-raises the first error of a chunk
