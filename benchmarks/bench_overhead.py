@@ -141,7 +141,10 @@ def main() -> None:
         row = [name, spread(values, ".1f")]
         if args.baseline:
             old = before.get(name)
-            row += [spread(old, ".1f") if old else "n/a", f"{statistics.median(values) / statistics.median(old):.2f}x" if old else ""]
+            row += [
+                spread(old, ".1f") if old else "n/a",
+                f"{statistics.median(values) / statistics.median(old):.2f}x" if old else "",
+            ]
         rows.append(row)
     headers = ["case (k = 10, d = 64)", "SDK µs per call, now"]
     if args.baseline:

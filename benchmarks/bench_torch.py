@@ -58,7 +58,9 @@ def _run(label: str, builder: rs.Builder, items, queries, device: str, truth, si
         index.query(one, K)
         _sync(device)
         lat.append(time.perf_counter() - start)
-    memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") and builder.name == "torch" else None
+    memory = (
+        torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") and builder.name == "torch" else None
+    )
     index.close()
     lat.sort()
     return [
@@ -88,8 +90,12 @@ def main() -> None:
         rows = []
         for dtype in ("float32", "float16", "bfloat16"):
             builder = rs.builder_factory("torch", device=args.device, metric="cosine", dtype=dtype)
-            rows.append(_run(f"torch {dtype} ({args.device})", builder, items, queries, args.device, truth, args.single))
-        rows.append(_run("numpy (cpu)", rs.builder_factory("numpy", metric="cosine"), items, queries, "cpu", truth, args.single))
+            rows.append(
+                _run(f"torch {dtype} ({args.device})", builder, items, queries, args.device, truth, args.single)
+            )
+        rows.append(
+            _run("numpy (cpu)", rs.builder_factory("numpy", metric="cosine"), items, queries, "cpu", truth, args.single)
+        )
         if "faiss" in {b.name for b in rs.list_backends()}:
             flat = rs.builder_factory("faiss", index_type="Flat", metric="cosine")
             rows.append(_run("faiss Flat (cpu)", flat, items, queries, "cpu", truth, args.single))

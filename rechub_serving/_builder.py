@@ -245,8 +245,10 @@ class Builder:
     def _load(self, files: EngineFiles, where: Path) -> Engine:
         try:
             engine = self._backend.load(files, self.config)
-        except RechubError:
-            raise
+        except RechubError as exc:
+            if str(where) in str(exc):
+                raise
+            raise type(exc)(f"{where}: {exc}") from exc  # the engine only knows its own file names
         except Exception as exc:
             raise IndexFormatError(
                 f"{where}: the {self.name} engine could not read its files ({type(exc).__name__}: {exc}); "

@@ -152,6 +152,8 @@ class EngineFiles:
         self.dim: int = int(saved.manifest["dim"])
         self.count: int = int(saved.manifest["count"])
         self.directory: Path = saved.directory / "engine"
+        #: The saved index as the user named it (for messages; read files through :meth:`path`).
+        self.index_path: Path = saved.path
 
     def path(self, name: str) -> Path:
         """The verified path of ``name`` (relative to the engine directory)."""

@@ -159,7 +159,9 @@ def test_per_call_parameters_reach_the_engine_for_that_call_only(items):
     from rechub_serving.testing import MockEngine, mock_backend
 
     backend = mock_backend(lambda q, k, p: (np.zeros((len(q), k), np.int64), np.zeros((len(q), k), np.float32)))
-    backend.params = (rs.Param("ef_search", int, 64, "per call", aliases=("ef",), minimum=1, maximum=4096, search=True),)
+    backend.params = (
+        rs.Param("ef_search", int, 64, "per call", aliases=("ef",), minimum=1, maximum=4096, search=True),
+    )
     with rs.Builder(backend).from_embeddings(items) as index:
         engine = index.engine
         assert isinstance(engine, MockEngine)

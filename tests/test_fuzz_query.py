@@ -41,7 +41,9 @@ def _installed() -> list[str]:
 @pytest.fixture(scope="module", params=_installed())
 def index(request):
     items = clustered_data(N, DIM, seed=3)
-    with rs.builder_factory(request.param, metric="l2", **CANDIDATES[request.param]).from_embeddings(items, ids=IDS) as idx:
+    with rs.builder_factory(request.param, metric="l2", **CANDIDATES[request.param]).from_embeddings(
+        items, ids=IDS
+    ) as idx:
         yield idx
 
 
@@ -131,7 +133,9 @@ def _params(index: rs.Indexer, draw: Any) -> dict[str, Any]:
     if choice == "build":
         return {"metric": "ip"}
     param = draw(st.sampled_from(search))
-    value = {"valid": param.default if param.default is not None else 16, "huge": 2**63, "negative": -1}.get(choice, "x")
+    value = {"valid": param.default if param.default is not None else 16, "huge": 2**63, "negative": -1}.get(
+        choice, "x"
+    )
     if choice == "valid" and param.type is int and param.minimum is not None:
         value = max(int(param.minimum), 8 if param.default is None else int(param.default))
     return {param.name: value}
@@ -176,7 +180,9 @@ def _check(result: rs.QueryResult, k: Any, exclude: Any) -> None:
 def _flatten(exclude: Any) -> set[int] | None:
     if exclude is None:
         return None
-    values = np.asarray(exclude, dtype=object).ravel().tolist() if not isinstance(exclude, (int, str, set)) else [exclude]
+    values = (
+        np.asarray(exclude, dtype=object).ravel().tolist() if not isinstance(exclude, (int, str, set)) else [exclude]
+    )
     if isinstance(exclude, set):
         values = list(exclude)
     out: set[int] = set()

@@ -389,8 +389,9 @@ class BackendConformance:
             for param in (p for p in index.builder.schema() if p.search and p.type is int):
                 with pytest.raises(InvalidParameterError):
                     index.query(queries, 5, **{param.name: 2**63})
+                below = int(param.minimum) - 1 if param.minimum is not None else -(2**63)
                 with pytest.raises(InvalidParameterError):
-                    index.query(queries, 5, **{param.name: -1})
+                    index.query(queries, 5, **{param.name: below})
             with pytest.raises(DimensionMismatchError):
                 index.query(np.zeros(self.dim + 2, np.float32), 5)
             if index.capabilities.add:

@@ -34,13 +34,6 @@ from rechub_serving_annoy._params import MAX_C_INT, PARAMS, default_n_trees, def
 DIM = 16
 DATA = pathlib.Path(__file__).parent / "data"
 
-# The suite asks every int search parameter to refuse -1, but Annoy's search_k=-1 is a documented value
-# (Annoy's own n_trees * k, torch-rechub's default): until the suite tests a value below the declared
-# minimum, this one check fails on purpose, and only with pytest's "DID NOT RAISE".
-_MINUS_ONE_IS_VALID = pytest.mark.xfail(
-    raises=pytest.fail.Exception, strict=True, reason="search_k=-1 is Annoy's own default, valid by design"
-)
-
 
 class TestAnnoyConformance(BackendConformance):
     """Default configuration (queries fan out over every usable core), handed over as a class."""
@@ -49,10 +42,6 @@ class TestAnnoyConformance(BackendConformance):
     params = {"seed": 3}
     exact = False
     recall_floor = 0.9
-
-    @_MINUS_ONE_IS_VALID
-    def test_bad_inputs_raise_and_change_nothing(self):
-        super().test_bad_inputs_raise_and_change_nothing()
 
 
 class TestAnnoySerialConformance(BackendConformance):
@@ -63,10 +52,6 @@ class TestAnnoySerialConformance(BackendConformance):
     exact = False
     recall_floor = 0.9
     metrics = ("cosine",)
-
-    @_MINUS_ONE_IS_VALID
-    def test_bad_inputs_raise_and_change_nothing(self):
-        super().test_bad_inputs_raise_and_change_nothing()
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,9 @@ class TorchBackend(Backend):
 
     def check_config(self, config: BackendConfig) -> None:
         device = torch.device(config["device"])
-        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
             raise UnsupportedOperation(
                 f"torch: device={config['device']!r} is not available here (torch {torch.__version__}, "
                 f"{torch.cuda.device_count()} CUDA devices); use device='cpu' or install a CUDA build of torch"
