@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import markdown_table, write_report  # noqa: E402
+from _common import markdown_table, write_report
 
-import rechub_serving as rs  # noqa: E402
-from rechub_serving.evaluation import clustered_data, recall_at_k  # noqa: E402
+import rechub_serving as rs
+from rechub_serving.evaluation import clustered_data, recall_at_k
 
 DIM, K, N_QUERIES = 64, 10, 1000
 

@@ -70,8 +70,7 @@ def capabilities_table() -> str:
 
 def params_table(name: str) -> str:
     """The parameter schema of one backend (names, aliases, defaults, kind, meaning)."""
-    from rechub_serving import UnknownBackendError
-    from rechub_serving import get_backend
+    from rechub_serving import UnknownBackendError, get_backend
 
     try:
         info = get_backend(name)

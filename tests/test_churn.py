@@ -34,7 +34,7 @@ def test_exclusions_hold_while_ids_come_and_go():
             while not stop.is_set():
                 try:
                     found = np.asarray(index.query(queries, 10, exclude=exclude).indices)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
                     return
                 calls[0] += 1

@@ -126,7 +126,7 @@ EXCLUDES = [
 def _params(index: rs.Indexer, draw: Any) -> dict[str, Any]:
     search = [p for p in index.builder.schema() if p.search]
     choice = draw(st.sampled_from(["none", "valid", "huge", "negative", "unknown", "build", "wrongtype"]))
-    if choice == "none" or not search and choice in ("valid", "huge", "negative", "wrongtype"):
+    if choice == "none" or (not search and choice in ("valid", "huge", "negative", "wrongtype")):
         return {}
     if choice == "unknown":
         return {"no_such_parameter": 1}

@@ -15,7 +15,6 @@ from rechub_serving_torch import TorchBackend
 from rechub_serving import Builder, InvalidInputError, UnsupportedOperation, builder_factory
 from rechub_serving.testing import BackendConformance, clustered_data, reference_topk
 
-
 DEVICE = os.environ.get("RECHUB_TORCH_DEVICE", "cpu")
 
 
