@@ -221,7 +221,7 @@ def get_backend(name: str) -> BackendInfo:
     if broken:
         hint = f" The plugin {broken[0].plugin} is installed but broken: {broken[0].error}."
     else:
-        close = difflib.get_close_matches(name.strip().lower(), list(_registry.backends), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(name.strip().lower(), list(_registry.backends), n=1, cutoff=0.75)
         if close:
             hint = f" Did you mean {close[0]!r}?"
         else:
