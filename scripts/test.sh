@@ -9,4 +9,5 @@ PYTHON="${PYTHON:-python3.11}"
 PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -r requirements-dev.txt
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -58,7 +58,7 @@ __all__ = ["app_from_environment", "create_app"]
 
 logger = logging.getLogger("rechub_serving.serve")
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "the body is not JSON"},
     413: {"model": ErrorResponse, "description": "the body is over the size limit"},
     415: {"model": ErrorResponse, "description": "the body is not sent as application/json"},

@@ -177,7 +177,7 @@ def run_search(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]
         def run_group(members: list[int]) -> list[bytes]:
             payloads: list[SearchPayload] = [jobs[j].payload for j in members]
             vectors = np.asarray([v for p in payloads for v in p.vectors], dtype=np.float32)
-            exclude = None
+            exclude: list[list[Any]] | None = None
             if any(p.exclude is not None for p in payloads):
                 exclude = []
                 for j, p in zip(members, payloads):

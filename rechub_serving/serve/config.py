@@ -196,6 +196,7 @@ class ServeConfig:
 
 def read_admin_token(config: ServeConfig) -> str | None:
     """The admin token from ``--admin-token-file`` or the environment variable; None disables admin endpoints."""
+    token: str | None
     if config.admin_token_file:
         path = Path(config.admin_token_file).expanduser()
         try:

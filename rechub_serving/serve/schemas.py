@@ -72,7 +72,8 @@ def _id_type(id_kind: str) -> Any:
 
 
 def _id_rows(id_kind: str, max_users: int, description: str) -> tuple[Any, Any]:
-    row = list[_id_type(id_kind)] | None  # type: ignore[valid-type]
+    item: Any = _id_type(id_kind)
+    row: Any = list[item] | None
     return (list[row] | None, Field(default=None, max_length=max_users, description=description))
 
 
@@ -99,25 +100,26 @@ def recommend_request_model(features: list[dict[str, Any]], id_kind: str, limits
         spec["name"]: Annotated[Any, WithJsonSchema(feature_schema(spec))]
         for spec in features
     }  # fmt: skip
-    user = TypedDict("UserFeatures", props)  # type: ignore[misc]
-    user.__pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[attr-defined]
+    user: Any = TypedDict("UserFeatures", props)  # type: ignore[misc]
+    setattr(user, "__pydantic_config__", ConfigDict(extra="ignore"))  # noqa: B010 - a dynamic TypedDict
+    users: Any = (
+        Annotated[
+            list[user],
+            Field(
+                min_length=1,
+                max_length=limits.max_users,
+                description="the users' raw features, one object per user; other keys are ignored",
+            ),
+        ],
+        ...,
+    )
     return _create_model(
         "RecommendRequest",
         __config__=ConfigDict(
             extra="forbid",
             json_schema_extra={"examples": [{"users": [_example_user(features)], "k": default_k}]},
         ),
-        users=(
-            Annotated[
-                list[user],  # type: ignore[valid-type]
-                Field(
-                    min_length=1,
-                    max_length=limits.max_users,
-                    description="the users' raw features, one object per user; other keys are ignored",
-                ),
-            ],
-            ...,
-        ),
+        users=users,
         k=_k(limits, default_k),
         seen=_id_rows(id_kind, limits.max_users, "per user, more item ids to exclude (one list or null per user)"),
         exclude_seen=(StrictBool, Field(default=True, description="exclude the history and seen ids")),
