@@ -78,7 +78,8 @@ def test_help_shows_no_type_beside_flags(cli):
         result = cli(*([name] if name else []), "--help")
         assert result.exit_code == 0, (name, result.output)
         assert "<bool>" not in result.stdout, name
-        assert "--json" in result.stdout or name in ("train", "recommend", "serve"), name  # serve logs, it prints no result
+        # train, recommend and serve log their progress; they print no result to format
+        assert "--json" in result.stdout or name in ("train", "recommend", "serve"), name
 
 
 def test_build_status_and_summary_show_resolved_values(cli, toy_backend, tmp_path):
