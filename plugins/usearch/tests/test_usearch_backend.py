@@ -93,10 +93,10 @@ def test_per_call_ef_is_the_search_usearch_runs_with_that_expansion(ef):
     items = rng.normal(size=(3000, 16)).astype(np.float32)  # unclustered: the width matters
     queries = rng.normal(size=(50, 16)).astype(np.float32)
     with Builder(UsearchBackend).from_embeddings(items) as index:
-        raw = index.engine.index
+        raw, kept = index.engine.index, index.engine.index.expansion_search
         raw.expansion_search = ef
         expected = raw.search(queries, 10, threads=1).keys.astype(np.int64)
-        raw.expansion_search = 1
+        raw.expansion_search = kept
         np.testing.assert_array_equal(index.query(queries, 10, ef_search=ef).indices, expected)
 
 
