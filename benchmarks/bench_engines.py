@@ -3,10 +3,11 @@
 For each catalogue size (clustered data, ``clustered_data``; 1,000 queries
 drawn like the items; exact top-10 from ``rechub_serving.evaluation``):
 
-* **matched parameters**: every engine built with the same graph (M = 16,
+* **matched parameters** (every size): every engine built with the same graph (M = 16,
   ef_construction = 128), then recall@10 and batch QPS for ef = 32 ... 256,
   through the SDK and through the engine's own call on the same object;
-* **defaults**: each backend as it comes (build time and the SDK's share of
+* up to ``--full-up-to`` items (builds take long on small machines), also
+  **defaults**: each backend as it comes (build time and the SDK's share of
   it, batch QPS, single-query p50 / p99, recall@10, RSS growth of the build,
   size of the saved engine files), and recall@10 of the defaults per metric;
 * **storage**: the quantised storage types of Voyager and USearch;
@@ -321,6 +322,9 @@ def run_size(n: int, metric: str, faiss_mode: str | None, args: argparse.Namespa
         "Single-query latency through the SDK.\n\n" + markdown_table(headers, rows)
     )
 
+    if n > args.full_up_to:
+        return f"## {n:,} x {DIM}\n\n" + "\n\n".join(sections)
+
     # defaults, storage, overhead
     default_rows, storage_rows, overhead_rows = [], [], []
     configs: list[tuple[str, dict[str, Any]]] = [("voyager", {}), ("usearch", {})]
@@ -442,6 +446,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="repetitions (medians are reported)")
     parser.add_argument("--single", type=int, default=300, help="single queries timed for p50 / p99 and overhead")
     parser.add_argument("--skip-storage", action="store_true", help="no quantised storage builds (large sizes)")
+    parser.add_argument(
+        "--full-up-to", type=int, default=200_000, help="larger sizes get the matched-parameter table only"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     faiss_mode = _faiss_backend()
@@ -456,9 +463,9 @@ def main() -> None:
             None: "faiss is not installed: no faiss rows.",
         }[faiss_mode]
     ]
-    for n in args.sizes:
+    for n in args.sizes:  # the page is rewritten after each size: a long run leaves what it finished
         body.append(run_size(n, args.metric, faiss_mode, args))
-    print("wrote", write_report("engines", "Voyager and USearch beside faiss HNSW", "\n\n".join(body), args.out))
+        print("wrote", write_report("engines", "Voyager and USearch beside faiss HNSW", "\n\n".join(body), args.out))
 
 
 if __name__ == "__main__":
