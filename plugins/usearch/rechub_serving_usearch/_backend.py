@@ -103,8 +103,9 @@ class UsearchEngine(Engine):
         width = search_width(params["ef_search"], k)
         found = self.index.search(queries, width, threads=1 if len(queries) == 1 else self.threads)
         keys, dist = np.atleast_2d(found.keys)[:, :k].astype(np.int64), np.atleast_2d(found.distances)[:, :k]
-        if len(queries) > 1:  # a batch pads short rows with junk: counts say how many are real
-            keys[np.arange(keys.shape[1]) >= found.counts[:, None]] = -1
+        if len(queries) > 1:  # a batch pads short rows with junk (NaN distances): counts say how many are real
+            short = np.arange(keys.shape[1]) >= found.counts[:, None]
+            keys[short], dist[short] = -1, 0.0
         return self.keys.labels(keys), dist
 
     def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
