@@ -92,6 +92,10 @@ class UsearchEngine(Engine):
     def __len__(self) -> int:
         return len(self.index)
 
+    def resolved_params(self) -> Mapping[str, Any]:
+        """What the graph holds (an adopted file's own M and dtype)."""
+        return {"m": int(self.index.connectivity), "dtype": self.dtype}
+
     def capabilities(self, declared: Capabilities) -> Capabilities:
         if not self.viewed:
             return declared
@@ -139,7 +143,7 @@ class UsearchBackend(Backend):
     engine_distribution = "usearch"
     capabilities = Capabilities(exact=False, add=True, remove=True, native_filter=False, persist=True, mmap=True)
     params = (
-        Param("m", int, 16, "graph degree M (links per node)", aliases=("M", "connectivity"), minimum=2, maximum=1024),
+        Param("m", int, None, "graph degree M (None: 16)", aliases=("M", "connectivity"), minimum=2, maximum=1024),
         Param(
             "ef_construction",
             int,
@@ -163,8 +167,8 @@ class UsearchBackend(Backend):
         Param(
             "dtype",
             str,
-            "f32",
-            "storage: f32, f16, bf16, or i8 (metric='cosine' only)",
+            None,
+            "storage: f32 (None), f16, bf16, or i8 (metric='cosine' only)",
             aliases=("storage",),
             choices=tuple(DTYPES),
         ),
@@ -195,8 +199,8 @@ class UsearchBackend(Backend):
         index = Index(
             ndim=vectors.shape[1],
             metric=KINDS[config.metric],
-            dtype=DTYPES[config["dtype"]],
-            connectivity=config["m"],
+            dtype=DTYPES[config["dtype"] or "f32"],
+            connectivity=config["m"] or 16,
             expansion_add=config["ef_construction"],
         )
         engine = UsearchEngine(index, config["threads"], Keys())
@@ -209,7 +213,7 @@ class UsearchBackend(Backend):
         if index is None:
             raise IndexFormatError(f"{path.name} is not a USearch index; the index is damaged")
         engine = UsearchEngine(index, config["threads"], Keys.load(files), viewed=config["mmap"])
-        if engine.dtype != config["dtype"]:
+        if config["dtype"] not in (None, engine.dtype):
             raise IndexFormatError(
                 f"usearch: the saved index stores {engine.dtype}, its manifest says {config['dtype']}"
             )

@@ -201,3 +201,18 @@ def test_concurrent_queries_with_different_ef_equal_serial():
             results = list(pool.map(lambda i: (efs[i % 3], index.query(queries, 10, ef_search=efs[i % 3])), range(96)))
         for ef, res in results:
             np.testing.assert_array_equal(res.indices, serial[ef])
+
+
+def test_an_adopted_file_keeps_its_own_graph_and_dtype_through_a_save(tmp_path):
+    """The file's M and dtype are the index's (shown in ``params``, saved, loaded back)."""
+    items, queries = _data()
+    raw = Index(ndim=items.shape[1], metric="l2sq", dtype="bf16", connectivity=8)
+    raw.add(np.arange(len(items)), items)
+    raw.save(str(tmp_path / "native.usearch"))
+    with Builder(UsearchBackend).from_index_file(tmp_path / "native.usearch") as index:
+        assert (index.metric.value, index.params["m"], index.params["dtype"]) == ("l2", 8, "bf16")
+        before = index.query(queries, 10)
+        index.save(tmp_path / "idx")
+    with Builder(UsearchBackend).from_index_file(tmp_path / "idx") as loaded:
+        assert (loaded.params["m"], loaded.params["dtype"]) == (8, "bf16")
+        np.testing.assert_array_equal(loaded.query(queries, 10).indices, before.indices)

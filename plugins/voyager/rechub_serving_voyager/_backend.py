@@ -57,6 +57,7 @@ from ._keys import Keys, read_keys
 __all__ = ["VoyagerBackend", "VoyagerEngine"]
 
 INDEX_FILE = "index.voyager"
+DEFAULT_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_DTYPE = 16, 200, "float32"
 DEFAULT_EF_SEARCH = 128  # recall@10 >= 0.95 at 100,000 x 64 on every metric (docs/backends/voyager.md)
 SPACES = {
     Metric.L2: voyager.Space.Euclidean,
@@ -109,6 +110,10 @@ class VoyagerEngine(Engine):
 
     def __len__(self) -> int:
         return int(self.index.num_elements) - len(self.removed)
+
+    def resolved_params(self) -> Mapping[str, Any]:
+        """What the graph holds (an adopted file's own M, ef_construction and storage)."""
+        return {"m": int(self.index.M), "ef_construction": int(self.index.ef_construction), "dtype": self.dtype}
 
     def search(
         self, queries: np.ndarray, k: int, params: Mapping[str, Any], exclude: Sequence[np.ndarray] | None
@@ -169,12 +174,12 @@ class VoyagerBackend(Backend):
     engine_distribution = "voyager"
     capabilities = Capabilities(exact=False, add=True, remove=True, native_filter=False, persist=True)
     params = (
-        Param("m", int, 16, "graph degree M (links per node)", aliases=("M",), minimum=2, maximum=1024),
+        Param("m", int, None, f"graph degree M (None: {DEFAULT_M})", aliases=("M",), minimum=2, maximum=1024),
         Param(
             "ef_construction",
             int,
-            200,
-            "candidate list size while building (higher: better graph, slower build)",
+            None,
+            f"candidate list size while building (higher: better graph, slower build; None: {DEFAULT_EF_CONSTRUCTION})",
             aliases=("efConstruction",),
             minimum=1,
             maximum=1 << 16,
@@ -193,8 +198,8 @@ class VoyagerBackend(Backend):
         Param(
             "dtype",
             str,
-            "float32",
-            "storage: float32, float8 (values in [-1, 1]) or e4m3 (values in [-448, 448])",
+            None,
+            "storage: float32 (None), float8 (values in [-1, 1]) or e4m3 (values in [-448, 448])",
             aliases=("storage", "storage_data_type"),
             choices=tuple(STORAGE),
         ),
@@ -217,33 +222,31 @@ class VoyagerBackend(Backend):
         return {"ef_search": [10, 16, 32, 64, 128, 256, 512]}
 
     def build(self, vectors: np.ndarray, config: BackendConfig, ids: np.ndarray | None = None) -> VoyagerEngine:
-        _check_range(vectors, config["dtype"])
+        dtype = config["dtype"] or DEFAULT_DTYPE
+        _check_range(vectors, dtype)
         index = voyager.Index(
             SPACES[config.metric],
             vectors.shape[1],
-            M=config["m"],
-            ef_construction=config["ef_construction"],
+            M=config["m"] or DEFAULT_M,
+            ef_construction=config["ef_construction"] or DEFAULT_EF_CONSTRUCTION,
             random_seed=config["seed"],
             max_elements=len(vectors),
-            storage_data_type=STORAGE[config["dtype"]],
+            storage_data_type=STORAGE[dtype],
         )
-        engine = VoyagerEngine(index, config["dtype"], config["threads"], Keys(), np.zeros(0, np.int64))
+        engine = VoyagerEngine(index, dtype, config["threads"], Keys(), np.zeros(0, np.int64))
         engine.add(vectors, np.arange(len(vectors), dtype=np.int64))
         return engine
 
     def load(self, files: EngineFiles, config: BackendConfig) -> VoyagerEngine:
-        index = voyager.Index.load(str(files.path(files.meta.get("file", INDEX_FILE))))
-        if index.storage_data_type != STORAGE[config["dtype"]]:
-            raise IndexFormatError(
-                f"voyager: the saved index stores {index.storage_data_type.name}, its manifest says {config['dtype']}"
-            )
-        removed = read_keys(files, "removed")
-        return VoyagerEngine(index, config["dtype"], config["threads"], Keys.load(files), removed)
+        index = voyager.Index.load(str(files.path(str(files.meta.get("file", INDEX_FILE)))))
+        dtype = _dtype(index)
+        if config["dtype"] not in (None, dtype):
+            raise IndexFormatError(f"voyager: the saved index stores {dtype}, its manifest says {config['dtype']}")
+        return VoyagerEngine(index, dtype, config["threads"], Keys.load(files), read_keys(files, "removed"))
 
     def adopt(self, path: Path, config: BackendConfig) -> Adopted:
         """A file written by ``voyager.Index.save``: space, dimension, storage and ids read from it."""
         index = _load_native(path, config)
-        dtype = next(name for name, kind in STORAGE.items() if kind == index.storage_data_type)
         every = np.sort(np.fromiter(index.ids, dtype=np.uint64, count=len(index.ids)))
         live = _live(index, every)
         if not len(live):
@@ -252,7 +255,7 @@ class VoyagerBackend(Backend):
             raise NotAnIndexError(f"{path} holds ids above 2**63 - 1, which rechub-serving ids cannot hold")
         removed = np.setdiff1d(every, live).astype(np.int64)
         keys = Keys.adopted(live.astype(np.int64), int(every[-1]) + 1, removed)
-        engine = VoyagerEngine(index, dtype, config["threads"], keys, removed)
+        engine = VoyagerEngine(index, _dtype(index), config["threads"], keys, removed)
         return Adopted(engine, METRICS[index.space], ids=keys.external(), dim=engine.dim)
 
 
@@ -268,11 +271,15 @@ def _load_native(path: Path, config: BackendConfig) -> Any:
                 f"{path} records no space or dimension (a Voyager file older than 1.3, or not a Voyager file); "
                 "give them: builder_factory('voyager', dim=64, metric='cosine', dtype='float32')"
             ) from None
-    storage = STORAGE[config["dtype"]]
+    storage = STORAGE[config["dtype"] or DEFAULT_DTYPE]
     try:
         return voyager.Index.load(str(path), SPACES[config.metric], int(given["dim"]), storage)
     except (ValueError, RuntimeError) as exc:
         raise NotAnIndexError(f"{path} is not a readable Voyager index of dim={given['dim']} ({exc})") from None
+
+
+def _dtype(index: Any) -> str:
+    return next(name for name, kind in STORAGE.items() if kind == index.storage_data_type)
 
 
 def _live(index: Any, ids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:

@@ -183,3 +183,18 @@ def test_adopting_rejects_what_is_not_a_voyager_file(tmp_path):
         Builder(VoyagerBackend).from_index_file(garbage)
     with pytest.raises(NotAnIndexError, match="not a readable Voyager index"):
         Builder(VoyagerBackend, dim=16, metric="l2").from_index_file(garbage)
+
+
+def test_an_adopted_file_keeps_its_own_graph_and_storage_through_a_save(tmp_path):
+    """The file's M and storage type are the index's (shown in ``params``, saved, loaded back)."""
+    items, queries = _data()
+    raw = voyager.Index(voyager.Space.Cosine, items.shape[1], M=12, storage_data_type=voyager.StorageDataType.Float8)
+    raw.add_items(items / np.linalg.norm(items, axis=1, keepdims=True))
+    raw.save(str(tmp_path / "native.voy"))
+    with Builder(VoyagerBackend).from_index_file(tmp_path / "native.voy") as index:
+        assert (index.metric.value, index.params["m"], index.params["dtype"]) == ("cosine", 12, "float8")
+        before = index.query(queries, 10)
+        index.save(tmp_path / "idx")
+    with Builder(VoyagerBackend).from_index_file(tmp_path / "idx") as loaded:
+        assert (loaded.params["m"], loaded.params["dtype"]) == (12, "float8")
+        np.testing.assert_array_equal(loaded.query(queries, 10).indices, before.indices)
