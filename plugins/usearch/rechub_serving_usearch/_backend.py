@@ -5,8 +5,13 @@ metric    USearch metric: what ``search`` returns  ``Engine.distance``
 ========  ======================================  ==========================
 l2        ``L2sq``: squared distance               ``SQUARED_L2``
 ip        ``IP``: ``1 - <q, x>``                   ``ONE_MINUS_IP``
-cosine    ``Cos``: ``1 - cos``                     ``ONE_MINUS_IP``
+cosine    ``IP`` on the core's unit vectors        ``ONE_MINUS_IP``
+          (``Cos``, ``1 - cos``, for ``i8``)
 ========  ======================================  ==========================
+
+USearch's ``Cos`` recomputes both norms at every distance: on vectors the
+core has already normalised, ``IP`` gives the same ranking for about a fifth
+less CPU per query. ``i8`` keeps ``Cos``, which its quantisation is made for.
 
 * ``dtype``: ``f32``, ``f16``, ``bf16`` (half the memory) or ``i8`` (a
   quarter; USearch scales unit vectors by 127, so only for cosine).
@@ -58,8 +63,8 @@ __all__ = ["UsearchBackend", "UsearchEngine"]
 
 INDEX_FILE = "index.usearch"
 DEFAULT_EF_SEARCH = 128  # recall@10 >= 0.95 at 100,000 x 64 on every metric (docs/backends/usearch.md)
-KINDS = {Metric.L2: MetricKind.L2sq, Metric.IP: MetricKind.IP, Metric.COSINE: MetricKind.Cos}
-METRICS = {kind: metric for metric, kind in KINDS.items()}
+KINDS = {Metric.L2: MetricKind.L2sq, Metric.IP: MetricKind.IP, Metric.COSINE: MetricKind.IP}
+METRICS = {MetricKind.L2sq: Metric.L2, MetricKind.IP: Metric.IP, MetricKind.Cos: Metric.COSINE}
 DTYPES = {"f32": ScalarKind.F32, "f16": ScalarKind.F16, "bf16": ScalarKind.BF16, "i8": ScalarKind.I8}
 F16_MAX = 65504.0
 
@@ -196,10 +201,11 @@ class UsearchBackend(Backend):
         return {"ef_search": [10, 16, 32, 64, 128, 256, 512]}
 
     def build(self, vectors: np.ndarray, config: BackendConfig, ids: np.ndarray | None = None) -> UsearchEngine:
+        dtype = config["dtype"] or "f32"
         index = Index(
             ndim=vectors.shape[1],
-            metric=KINDS[config.metric],
-            dtype=DTYPES[config["dtype"] or "f32"],
+            metric=MetricKind.Cos if dtype == "i8" else KINDS[config.metric],
+            dtype=DTYPES[dtype],
             connectivity=config["m"] or 16,
             expansion_add=config["ef_construction"],
         )

@@ -10,7 +10,7 @@ from rechub_serving_usearch import UsearchBackend
 from usearch.index import Index
 
 from rechub_serving import Builder, InvalidInputError, InvalidParameterError, NotAnIndexError, UnsupportedOperation
-from rechub_serving.testing import BackendConformance, clustered_data
+from rechub_serving.testing import BackendConformance, clustered_data, reference_topk
 
 
 class TestUsearchF32(BackendConformance):
@@ -216,3 +216,14 @@ def test_an_adopted_file_keeps_its_own_graph_and_dtype_through_a_save(tmp_path):
     with Builder(UsearchBackend).from_index_file(tmp_path / "idx") as loaded:
         assert (loaded.params["m"], loaded.params["dtype"]) == (8, "bf16")
         np.testing.assert_array_equal(loaded.query(queries, 10).indices, before.indices)
+
+
+@pytest.mark.parametrize(("dtype", "kind"), [(None, "IP"), ("f16", "IP"), ("i8", "Cos")])
+def test_cosine_runs_as_inner_product_on_unit_vectors_except_i8(dtype, kind):
+    """The core normalises for cosine, so USearch's IP suffices (Cos recomputes norms); i8 needs Cos."""
+    items, queries = _data()
+    with Builder(UsearchBackend, metric="cosine", dtype=dtype).from_embeddings(items) as index:
+        assert index.engine.index.metric_kind.name == kind and index.metric.value == "cosine"
+        truth, _ = reference_topk(items, queries, 10, "cosine")
+        found = index.query(queries, 10).indices
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]) >= 0.9
