@@ -5,13 +5,15 @@ metric    USearch metric: what ``search`` returns  ``Engine.distance``
 ========  ======================================  ==========================
 l2        ``L2sq``: squared distance               ``SQUARED_L2``
 ip        ``IP``: ``1 - <q, x>``                   ``ONE_MINUS_IP``
-cosine    ``IP`` on the core's unit vectors        ``ONE_MINUS_IP``
-          (``Cos``, ``1 - cos``, for ``i8``)
+cosine    ``IP`` on the core's unit vectors (f32)  ``ONE_MINUS_IP``
+          ``Cos``: ``1 - cos`` (f16, bf16, i8)
 ========  ======================================  ==========================
 
-USearch's ``Cos`` recomputes both norms at every distance: on vectors the
+USearch's ``Cos`` recomputes both norms at every distance: on f32 vectors the
 core has already normalised, ``IP`` gives the same ranking for about a fifth
-less CPU per query. ``i8`` keeps ``Cos``, which its quantisation is made for.
+less CPU per query. Rounded storage changes the norms, so f16 and bf16 keep
+``Cos`` (recall@10 0.994 / 0.982 against 0.988 / 0.957 with ``IP``, measured
+at 100,000 x 64), and ``i8`` is made for ``Cos``.
 
 * ``dtype``: ``f32``, ``f16``, ``bf16`` (half the memory) or ``i8`` (a
   quarter; USearch scales unit vectors by 127, so only for cosine).
@@ -204,7 +206,7 @@ class UsearchBackend(Backend):
         dtype = config["dtype"] or "f32"
         index = Index(
             ndim=vectors.shape[1],
-            metric=MetricKind.Cos if dtype == "i8" else KINDS[config.metric],
+            metric=MetricKind.Cos if dtype != "f32" and config.metric is Metric.COSINE else KINDS[config.metric],
             dtype=DTYPES[dtype],
             connectivity=config["m"] or 16,
             expansion_add=config["ef_construction"],

@@ -218,9 +218,9 @@ def test_an_adopted_file_keeps_its_own_graph_and_dtype_through_a_save(tmp_path):
         np.testing.assert_array_equal(loaded.query(queries, 10).indices, before.indices)
 
 
-@pytest.mark.parametrize(("dtype", "kind"), [(None, "IP"), ("f16", "IP"), ("i8", "Cos")])
-def test_cosine_runs_as_inner_product_on_unit_vectors_except_i8(dtype, kind):
-    """The core normalises for cosine, so USearch's IP suffices (Cos recomputes norms); i8 needs Cos."""
+@pytest.mark.parametrize(("dtype", "kind"), [(None, "IP"), ("f16", "Cos"), ("bf16", "Cos"), ("i8", "Cos")])
+def test_cosine_runs_as_inner_product_on_f32_unit_vectors(dtype, kind):
+    """The core normalises for cosine, so f32 needs only USearch's IP; rounded storage keeps Cos."""
     items, queries = _data()
     with Builder(UsearchBackend, metric="cosine", dtype=dtype).from_embeddings(items) as index:
         assert index.engine.index.metric_kind.name == kind and index.metric.value == "cosine"
