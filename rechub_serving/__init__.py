@@ -18,6 +18,7 @@ from ._arrays import normalize_rows
 from ._builder import Builder
 from ._capabilities import Capabilities
 from ._engine import Adopted, Backend, BackendConfig, Engine, EngineFiles, RawDistance
+from ._engine_keys import EngineKeys
 from ._errors import (
     BackendError,
     BackendMismatchError,
@@ -75,6 +76,7 @@ __all__ = [
     "DuplicateIdError",
     "Engine",
     "EngineFiles",
+    "EngineKeys",
     "IndexClosedError",
     "IndexFormatError",
     "IndexWriteError",

@@ -49,6 +49,7 @@ from rechub_serving import (
     Capabilities,
     Engine,
     EngineFiles,
+    EngineKeys,
     IndexFormatError,
     InvalidInputError,
     InvalidParameterError,
@@ -58,8 +59,6 @@ from rechub_serving import (
     RawDistance,
     UnsupportedOperation,
 )
-
-from ._keys import Keys
 
 __all__ = ["UsearchBackend", "UsearchEngine"]
 
@@ -79,7 +78,7 @@ def search_width(ef_search: int | None, k: int) -> int:
 class UsearchEngine(Engine):
     """One ``usearch.index.Index`` (in memory, or a read-only view of a saved file)."""
 
-    def __init__(self, index: Any, threads: int | None, keys: Keys, viewed: bool = False):
+    def __init__(self, index: Any, threads: int | None, keys: EngineKeys, viewed: bool = False):
         index.expansion_search = 1  # the width comes from the count asked for: see the module docstring
         self.index: Any = index
         self.threads = threads or 0  # USearch: 0 = every core
@@ -211,7 +210,7 @@ class UsearchBackend(Backend):
             connectivity=config["m"] or 16,
             expansion_add=config["ef_construction"],
         )
-        engine = UsearchEngine(index, config["threads"], Keys())
+        engine = UsearchEngine(index, config["threads"], EngineKeys())
         engine.add(vectors, np.arange(len(vectors), dtype=np.int64))
         return engine
 
@@ -220,7 +219,7 @@ class UsearchBackend(Backend):
         index = Index.restore(str(path), view=config["mmap"])
         if index is None:
             raise IndexFormatError(f"{path.name} is not a USearch index; the index is damaged")
-        engine = UsearchEngine(index, config["threads"], Keys.load(files), viewed=config["mmap"])
+        engine = UsearchEngine(index, config["threads"], EngineKeys.load(files), viewed=config["mmap"])
         if config["dtype"] not in (None, engine.dtype):
             raise IndexFormatError(
                 f"usearch: the saved index stores {engine.dtype}, its manifest says {config['dtype']}"
@@ -248,7 +247,7 @@ class UsearchBackend(Backend):
         if not len(live) or live[-1] >= 2**63 or (np.diff(live) == 0).any():
             raise NotAnIndexError(f"{path}: no vectors, a key above 2**63 - 1, or several vectors per key")
         # Removed keys are gone from a USearch file (and may be used again): only the live ones matter.
-        keys = Keys.adopted(live.astype(np.int64), int(live[-1]) + 1, np.zeros(0, np.int64))
+        keys = EngineKeys.adopted(live.astype(np.int64), int(live[-1]) + 1, np.zeros(0, np.int64))
         engine = UsearchEngine(index, config["threads"], keys, viewed=config["mmap"])
         return Adopted(engine, METRICS[kind], ids=keys.external(), dim=engine.dim)
 

@@ -44,6 +44,7 @@ from rechub_serving import (
     Capabilities,
     Engine,
     EngineFiles,
+    EngineKeys,
     IndexFormatError,
     InvalidInputError,
     Metric,
@@ -51,8 +52,6 @@ from rechub_serving import (
     Param,
     RawDistance,
 )
-
-from ._keys import Keys, read_keys
 
 __all__ = ["VoyagerBackend", "VoyagerEngine"]
 
@@ -92,7 +91,7 @@ def _check_range(vectors: np.ndarray, dtype: str, what: str = "vectors") -> None
 class VoyagerEngine(Engine):
     """One ``voyager.Index``; its keys are the core's labels (or an adopted file's own ids)."""
 
-    def __init__(self, index: Any, dtype: str, threads: int | None, keys: Keys, removed: np.ndarray):
+    def __init__(self, index: Any, dtype: str, threads: int | None, keys: EngineKeys, removed: np.ndarray):
         self.index = index
         self.dtype = dtype
         self.threads = -1 if threads is None else threads
@@ -233,7 +232,7 @@ class VoyagerBackend(Backend):
             max_elements=len(vectors),
             storage_data_type=STORAGE[dtype],
         )
-        engine = VoyagerEngine(index, dtype, config["threads"], Keys(), np.zeros(0, np.int64))
+        engine = VoyagerEngine(index, dtype, config["threads"], EngineKeys(), np.zeros(0, np.int64))
         engine.add(vectors, np.arange(len(vectors), dtype=np.int64))
         return engine
 
@@ -242,7 +241,7 @@ class VoyagerBackend(Backend):
         dtype = _dtype(index)
         if config["dtype"] not in (None, dtype):
             raise IndexFormatError(f"voyager: the saved index stores {dtype}, its manifest says {config['dtype']}")
-        return VoyagerEngine(index, dtype, config["threads"], Keys.load(files), read_keys(files, "removed"))
+        return VoyagerEngine(index, dtype, config["threads"], EngineKeys.load(files), EngineKeys.read(files, "removed"))
 
     def adopt(self, path: Path, config: BackendConfig) -> Adopted:
         """A file written by ``voyager.Index.save``: space, dimension, storage and ids read from it."""
@@ -254,7 +253,7 @@ class VoyagerBackend(Backend):
         if every[-1] >= 2**63:
             raise NotAnIndexError(f"{path} holds ids above 2**63 - 1, which rechub-serving ids cannot hold")
         removed = np.setdiff1d(every, live).astype(np.int64)
-        keys = Keys.adopted(live.astype(np.int64), int(every[-1]) + 1, removed)
+        keys = EngineKeys.adopted(live.astype(np.int64), int(every[-1]) + 1, removed)
         engine = VoyagerEngine(index, _dtype(index), config["threads"], keys, removed)
         return Adopted(engine, METRICS[index.space], ids=keys.external(), dim=engine.dim)
 

@@ -1,4 +1,8 @@
-"""The engine's own keys of the core's labels: the same numbers, except in an adopted file.
+"""The engine's own keys of the core's labels, for engines that store a key per vector.
+
+A helper for plugins (Voyager and USearch use it): the core numbers vectors
+``0..n-1`` (labels); an engine that stores its own integer key per vector
+needs those keys to differ from the labels only when it adopted a native file.
 
 An index built here stores label ``i`` under key ``i``. An adopted file
 keeps its ids: its live ids, sorted, are the keys of labels ``0..n-1`` (and
@@ -14,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from rechub_serving import EngineFiles, IndexFormatError
+from ._engine import EngineFiles
+from ._errors import IndexFormatError
 
-__all__ = ["Keys", "read_keys"]
+__all__ = ["EngineKeys"]
 
 
-class Keys:
+class EngineKeys:
     """Labels <-> keys: identity, or an adopted file's sorted ids followed by ``first_new, first_new + 1...``."""
 
     def __init__(self, file_keys: np.ndarray | None = None, first_new: int = 0):
@@ -28,7 +33,7 @@ class Keys:
         self.shift = 0 if file_keys is None else first_new - len(file_keys)
 
     @classmethod
-    def adopted(cls, live: np.ndarray, first_new: int, deleted: np.ndarray) -> Keys:
+    def adopted(cls, live: np.ndarray, first_new: int, deleted: np.ndarray) -> EngineKeys:
         """Keys for a file whose live ids are ``live`` (sorted int64) and whose ids were all below ``first_new``."""
         if not len(deleted) and live[-1] == len(live) - 1:
             return cls()  # ids 0..n-1: the labels themselves
@@ -55,28 +60,30 @@ class Keys:
         return np.where(keys < 0, -1, np.where(keys >= self.first_new, keys - self.shift, old))
 
     def save(self, directory: Path) -> dict[str, Any]:
+        """Write the keys beside the engine's files; returns the manifest entries :meth:`load` reads back."""
         if self.file_keys is None:
             return {}
         np.save(directory / "keys.npy", self.file_keys, allow_pickle=False)
         return {"keys": "keys.npy", "first_new": self.first_new}
 
     @classmethod
-    def load(cls, files: EngineFiles) -> Keys:
+    def load(cls, files: EngineFiles) -> EngineKeys:
+        """The keys :meth:`save` wrote (identity when it wrote none); a damaged file raises ``IndexFormatError``."""
         if "keys" not in files.meta:
             return cls()
-        file_keys, first_new = read_keys(files, "keys"), files.meta.get("first_new")
+        file_keys, first_new = cls.read(files, "keys"), files.meta.get("first_new")
         if not isinstance(first_new, int) or (len(file_keys) and first_new <= file_keys[-1]):
             raise IndexFormatError(
                 f"the engine's first_new={first_new!r} does not follow its keys; the index is damaged"
             )
         return cls(file_keys, first_new)
 
-
-def read_keys(files: EngineFiles, name: str) -> np.ndarray:
-    """The sorted, unique, non-negative int64 keys saved under ``files.meta[name]`` (none when absent)."""
-    if name not in files.meta:
-        return np.zeros(0, np.int64)
-    keys = np.load(files.path(str(files.meta[name])), allow_pickle=False)
-    if keys.ndim != 1 or keys.dtype != np.int64 or (len(keys) and (keys[0] < 0 or (np.diff(keys) <= 0).any())):
-        raise IndexFormatError(f"the engine's {name} file holds {keys.dtype} {keys.shape}, not sorted unique keys")
-    return keys
+    @staticmethod
+    def read(files: EngineFiles, name: str) -> np.ndarray:
+        """The sorted, unique, non-negative int64 keys saved under ``files.meta[name]`` (none when absent)."""
+        if name not in files.meta:
+            return np.zeros(0, np.int64)
+        keys = np.load(files.path(str(files.meta[name])), allow_pickle=False)
+        if keys.ndim != 1 or keys.dtype != np.int64 or (len(keys) and (keys[0] < 0 or (np.diff(keys) <= 0).any())):
+            raise IndexFormatError(f"the engine's {name} file holds {keys.dtype} {keys.shape}, not sorted unique keys")
+        return keys
