@@ -993,6 +993,9 @@ if _register_train is not None:
         import logging
 
         logging.getLogger("rechub_serving").warning("train/recommend commands unavailable: %s", _exc)
+from ._milvus_cmds import register as _register_milvus  # noqa: E402
+
+_register_milvus(app)
 
 
 def run(argv: list[str] | None = None) -> None:
