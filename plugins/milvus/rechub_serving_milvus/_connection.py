@@ -53,6 +53,10 @@ _UNAVAILABLE_HINTS = (
     "cancelled",
 )
 _AUTH_HINTS = ("auth", "credential", "unauthenticated", "password", "permission denied", "token")
+# gRPC's C core logs connection events ("Got goaway" when an embedded database stops) on
+# stderr; keep it to errors unless the user chose a level. Read by gRPC on first use.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/@\s]*)@")
 
 
@@ -259,13 +263,13 @@ class Connection:
         self.private: PrivateDatabase | None = private
         self._host: LiteHost | None = None
         self._data_dir: Path | None = None
-        quiet_pymilvus()
         try:
             from pymilvus import MilvusClient
         except ImportError as exc:  # pragma: no cover - dependency missing
             raise BackendUnavailableError(
                 f"the milvus backend needs pymilvus (pip install rechub-serving-milvus): {exc}"
             ) from None
+        quiet_pymilvus()  # after the import: pymilvus configures its handlers when imported
         if target.is_server:
             self._client = self._connect_server(MilvusClient, connect_timeout, retries)
             return
