@@ -49,6 +49,7 @@ from ._common import (
 )
 from ._io import load_exclude, load_vectors, result_rows, write_results
 from ._measure import Measurement, exact_topk, measure, synthetic_catalogue, tune_search
+from ._milvus_cmds import release_replaced
 
 __all__ = ["app", "run"]
 
@@ -219,15 +220,16 @@ def _make_builder(backend: str, metric: str | None, params: dict[str, Any]):
         raise UsageProblem(str(exc)) from None
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    """Refuse to touch an existing path unless --overwrite (and never a non-index path)."""
+def _check_output(output: Path, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse to touch an existing path unless --overwrite (and never a non-index path); the manifest replaced."""
     if not output.exists():
-        return
+        return None
     if not is_index_dir(output):
         kind = "directory" if output.is_dir() else "file"
         raise CliError(f"{output}: exists and is a {kind} that is not a rechub-serving index; choose another -o path")
     if not overwrite:
         raise CliError(f"{output}: an index already exists there; pass --overwrite to replace it")
+    return read_manifest(output)
 
 
 def _table(title: str | None, columns: list[str], rows: list[list[Any]], justify_right: tuple[int, ...] = ()):
@@ -335,7 +337,7 @@ def build(
     """Build an index from an embeddings file and save it (atomically: a failure leaves no partial index)."""
     state.update(json=json_out, quiet=quiet, debug=debug)
     builder = _make_builder(backend, metric, parse_params(param))
-    _check_output(output, overwrite)
+    replaced = _check_output(output, overwrite)
     with _Progress(f"reading {embeddings}", total=3) as progress:
         loaded = load_vectors(embeddings, key=key, ids=ids)
         progress.advance()
@@ -352,6 +354,7 @@ def build(
         progress.stage(f"saving to {output}")
         with index:
             index.save(output)
+            release_replaced(replaced, builder.given_params, output)
             progress.advance()
             summary = {
                 "index": str(output),
@@ -752,8 +755,7 @@ def tune(
     state.update(json=json_out, quiet=quiet, debug=debug)
     build_params = parse_params(param)
     builder = _make_builder(backend, metric, build_params)
-    if output is not None:
-        _check_output(output, overwrite)
+    replaced = _check_output(output, overwrite) if output is not None else None
     loaded = load_vectors(embeddings, key=key, ids=ids)
     metric_name = builder.metric.value
     if queries is not None:
@@ -784,11 +786,13 @@ def tune(
             if keep_index:
                 index.set_search_defaults(**outcome.best.params)
                 index.save(output)
+                release_replaced(replaced, builder.given_params, output)
         if output is not None and outcome.best is not None and not keep_index:
             progress.stage(f"building the final index over all {len(loaded.vectors)} vectors")
             final = _make_builder(backend, metric, {**build_params, **outcome.best.params})
             with final.from_embeddings(loaded.vectors, ids=loaded.ids) as full:
                 full.save(output)
+                release_replaced(replaced, final.given_params, output)
     swept = {name: f"{values[0]}..{values[-1]}" for name, values in outcome.swept.items() if values}
     payload = {
         "backend": builder.name,

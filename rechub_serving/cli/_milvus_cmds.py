@@ -58,16 +58,26 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Any:
     return table
 
 
-def release_replaced(manifest: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None) -> str | None:
+def release_replaced(
+    manifest: Mapping[str, Any] | None, params: Mapping[str, Any] | None = None, output: Path | None = None
+) -> str | None:
     """After ``--overwrite`` replaced a saved index: drop the server collection the old one pointed at.
 
-    ``manifest`` is the replaced index's manifest, read before the save. Only
-    an SDK collection on a server is dropped (an embedded save held its own
-    database, gone with the replaced directory); returns its name.
+    ``manifest`` is the replaced index's manifest, read before the save;
+    ``output`` the saved index now there (its collection is never dropped).
+    Only an SDK collection on a server is dropped (an embedded save held its
+    own database, gone with the replaced directory); returns its name.
     """
     if not manifest or manifest.get("backend") != "milvus" or not isinstance(manifest.get("engine"), Mapping):
         return None
-    name = _inventory().release_saved(manifest["engine"], token=(params or {}).get("token"))
+    old = manifest["engine"]
+    if output is not None:
+        from rechub_serving import read_manifest
+
+        new = read_manifest(output).get("engine") or {}
+        if new.get("collection") == old.get("collection") and new.get("location") == old.get("location"):
+            return None  # the new index uses the same collection
+    name = _inventory().release_saved(old, token=(params or {}).get("token"))
     if name:
         state.note(f"dropped collection {name!r}, which the replaced index pointed at")
     return name
