@@ -293,12 +293,9 @@ class MilvusBackend(Backend):
             raise
 
     def _load_embedded(self, files: EngineFiles, config: BackendConfig, name: str, spec: IndexSpec) -> MilvusEngine:
-        given = config.given
-        if given.get("uri") or given.get("host") or given.get("path"):
-            raise InvalidParameterError(
-                "milvus: this saved index holds its own milvus-lite database; open it without uri=/host=/path= "
-                "(each opener works on a private copy)"
-            )
+        given = {k: config.given[k] for k in ("uri", "host", "path") if config.given.get(k)}
+        if given:  # the builder the index was built with, say: its location does not apply
+            logger.info("%s holds its own milvus-lite database; %s ignored", _saved_path(files), ", ".join(given))
         private = PrivateDatabase(f"copy of the saved index {_saved_path(files)}")
         try:
             prefix = DATA_DIR + "/"

@@ -127,7 +127,7 @@ class CollectionInfo:
 
 
 def create_collection(conn: Connection, name: str, kind: str, dim: int, consistency: str, temporary: bool) -> None:
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import DataType, MilvusClient  # type: ignore[import-untyped]
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     if kind == "int":
@@ -243,7 +243,7 @@ def drop_quietly(conn: Connection, name: str) -> None:
 
 def _progress(total: int, enabled: bool | None, what: str) -> Any:
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:
         return None
     disable = None if enabled is None else not enabled  # None: tqdm hides itself without a terminal

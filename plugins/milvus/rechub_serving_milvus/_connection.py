@@ -264,7 +264,7 @@ class Connection:
         self._host: LiteHost | None = None
         self._data_dir: Path | None = None
         try:
-            from pymilvus import MilvusClient
+            from pymilvus import MilvusClient  # type: ignore[import-untyped]
         except ImportError as exc:  # pragma: no cover - dependency missing
             raise BackendUnavailableError(
                 f"the milvus backend needs pymilvus (pip install rechub-serving-milvus): {exc}"

@@ -71,7 +71,7 @@ def _open(data_dir: str, remove: str | None) -> dict[str, Any]:
         if entry is not None:
             entry["refs"] += 1
             return {"port": entry["port"]}
-    from milvus_lite.adapter.grpc.server import start_server_in_thread
+    from milvus_lite.adapter.grpc.server import start_server_in_thread  # type: ignore[import-untyped]
 
     server, db, port = start_server_in_thread(data_dir=data_dir, host="127.0.0.1", port=0)
     with _lock:
@@ -170,8 +170,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _shutdown)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        import milvus_lite
-        from milvus_lite.adapter.grpc import server  # noqa: F401  (the slow import, done before "ready")
+        import milvus_lite  # type: ignore[import-untyped]
+        from milvus_lite.adapter.grpc import server  # type: ignore[import-untyped]  # noqa: F401  (slow: before "ready")
     except Exception as exc:
         _reply({"id": 0, "ok": False, "error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
         os._exit(1)

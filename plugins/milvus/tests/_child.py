@@ -39,13 +39,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save")
     parser.add_argument("--path")
+    parser.add_argument("--uri")
     parser.add_argument("--collection")
     parser.add_argument("--hold", action="store_true")
     parser.add_argument("--ready-dir")
     parser.add_argument("--peers", type=int, default=1)
     args = parser.parse_args()
     if args.mode == "build":
-        params = {k: v for k, v in (("path", args.path), ("collection", args.collection)) if v}
+        params = {k: v for k, v in (("path", args.path), ("uri", args.uri), ("collection", args.collection)) if v}
         items = clustered_data(args.n, args.dim, seed=args.seed)
         emit(event="building")
         index = builder_factory("milvus", **params).from_embeddings(items)

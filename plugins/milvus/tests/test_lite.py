@@ -268,5 +268,6 @@ def test_saved_embedded_index_records_its_database(tmp_path):
     files = manifest["files"]
     assert any(f.startswith(f"engine/milvus.db/collections/{name}/") and f.endswith(".parquet") for f in files)
     assert any(f.endswith(".hnsw.idx") for f in files)  # the index is saved, not rebuilt by openers
-    with pytest.raises(InvalidParameterError, match="its own milvus-lite database"):
-        builder_factory("milvus", path=str(tmp_path / "other.db")).from_index_file(tmp_path / "idx")
+    with builder_factory("milvus", path=str(tmp_path / "other.db")).from_index_file(tmp_path / "idx") as again:
+        assert len(again) == 60 and "private" in again.engine.location  # its own database, not path=
+    assert not (tmp_path / "other.db").exists()
