@@ -47,6 +47,7 @@ from ._collection import (
     current_index,
     describe_collection,
     insert_rows,
+    load,
     new_name,
 )
 from ._connection import Connection, Target
@@ -57,11 +58,12 @@ from ._defaults import (
     OWN_PARAMS,
     PK_FIELD,
     VECTOR_FIELD,
+    build_timeout,
     milvus_metric,
     tune_values,
 )
 from ._engine import MilvusEngine
-from ._lite import DATA_DIR, PrivateDatabase, link_or_copy
+from ._lite import DATA_DIR, LiteHost, PrivateDatabase, link_or_copy
 
 __all__ = ["MilvusBackend", "open_collection"]
 
@@ -173,6 +175,15 @@ PARAMS = (
     ),
     Param("timeout", float, 60.0, "seconds any one request may take", minimum=0.1, maximum=86400, runtime=True),
     Param(
+        "build_timeout",
+        float,
+        None,
+        "seconds an index build or load may take (default: timeout + 1 s per 1,000 vectors)",
+        minimum=0.1,
+        maximum=7 * 86400,
+        runtime=True,
+    ),
+    Param(
         "retries", int, 3, "extra connection attempts, with exponential back-off", minimum=0, maximum=10, runtime=True
     ),
     Param("progress", bool, None, "progress bar for long builds (default: when stderr is a terminal)", runtime=True),
@@ -212,7 +223,9 @@ class MilvusBackend(Backend):
                     f"milvus: {name} applies to index_type={owner!r}, not {kind!r}; drop it or change index_type"
                 )
         # nprobe > nlist is allowed: it visits every list (the same rule as the faiss plugin).
-        Target.from_config(config)  # uri / path / db_name combinations
+        target = Target.from_config(config)  # uri / path / db_name combinations
+        if not target.is_server:
+            LiteHost.prestart()  # seconds of imports in the host, overlapped with the caller's own work
 
     def tune_space(self, config: BackendConfig) -> Mapping[str, Sequence[Any]]:
         return tune_values(config["index_type"], config["nlist"])
@@ -244,8 +257,9 @@ class MilvusBackend(Backend):
         try:
             insert_rows(conn, name, vectors, ids, batch_size=config["batch_size"], progress=config["progress"])
             conn.call("flush", conn.client.flush, name, collection=name)
-            spec.create(conn, name)
-            conn.call("load", conn.client.load_collection, name, collection=name)
+            slow = build_timeout(config["build_timeout"], config["timeout"], len(vectors))
+            spec.create(conn, name, timeout=slow)
+            load(conn, name, slow)
         except BaseException as exc:
             # The collection is ours and half-built: dropped with its database, without waiting.
             if isinstance(exc, KeyboardInterrupt):
@@ -287,7 +301,7 @@ class MilvusBackend(Backend):
             raise IndexFormatError("the manifest does not say where the Milvus collection is; the index is damaged")
         conn = _connect(target, config)
         try:
-            return _attach(conn, name, spec, config, files.dim, meta.get("id_kind"))
+            return _attach(conn, name, spec, config, files.dim, meta.get("id_kind"), files.count)
         except BaseException:
             conn.close()
             raise
@@ -307,7 +321,7 @@ class MilvusBackend(Backend):
             private.release()
             raise
         try:
-            return _attach(conn, name, spec, config, files.dim, files.meta.get("id_kind"))
+            return _attach(conn, name, spec, config, files.dim, files.meta.get("id_kind"), files.count)
         except BaseException:
             conn.close()
             raise
@@ -326,9 +340,9 @@ def _saved_spec(meta: Mapping[str, Any]) -> IndexSpec:
 
 
 def _attach(
-    conn: Connection, name: str, spec: IndexSpec, config: BackendConfig, dim: int, id_kind: Any
+    conn: Connection, name: str, spec: IndexSpec, config: BackendConfig, dim: int, id_kind: Any, count: int
 ) -> MilvusEngine:
-    """The engine of a saved collection: checked against what was saved, indexed and loaded."""
+    """The engine of a saved collection (``count`` vectors): checked against what was saved, indexed and loaded."""
     info = describe_collection(conn, name)
     if info.dim != dim:
         raise IndexFormatError(
@@ -340,17 +354,17 @@ def _attach(
             f"collection {name!r} on {conn.describe()} has {info.kind} primary keys, the saved index has {id_kind} ids"
         )
     existing = current_index(conn, name, info)
+    slow = build_timeout(config["build_timeout"], config["timeout"], count)
     if existing is None:
         conn.call("flush", conn.client.flush, name, collection=name)
-        spec.create(conn, name, info.vector)
+        spec.create(conn, name, info.vector, slow)
     elif existing.metric != spec.metric:
         raise BackendError(
             f"collection {name!r} on {conn.describe()} is indexed with metric {existing.metric}, "
             f"the saved index uses {spec.metric}"
         )
-    conn.call("load", conn.client.load_collection, name, collection=name)
-    count = count_rows(conn, name)
-    return MilvusEngine(conn, name, spec, info, count, temporary=False, **_engine_options(config))
+    load(conn, name, slow)
+    return MilvusEngine(conn, name, spec, info, count_rows(conn, name), temporary=False, **_engine_options(config))
 
 
 def open_collection(name: str | None = None, *, builder: Builder | None = None, **params: Any) -> Indexer:
@@ -391,13 +405,15 @@ def open_collection(name: str | None = None, *, builder: Builder | None = None, 
                 f"collection {name!r} on {conn.describe()} has dimension {info.dim}, not dim={config.dim}"
             )
         spec = current_index(conn, name, info)
+        rows = count_rows(conn, name)
+        slow = build_timeout(config["build_timeout"], config["timeout"], rows)
         if spec is not None:
             builder = _builder_for(builder, spec, name, conn)
         else:
-            spec = IndexSpec.for_build(config, config.metric, count_rows(conn, name))
+            spec = IndexSpec.for_build(config, config.metric, rows)
             conn.call("flush", conn.client.flush, name, collection=name)
-            spec.create(conn, name, info.vector)
-        conn.call("load", conn.client.load_collection, name, collection=name)
+            spec.create(conn, name, info.vector, slow)
+        load(conn, name, slow)
         engine = MilvusEngine(
             conn, name, spec, info, count_rows(conn, name), temporary=False, **_engine_options(builder.config)
         )

@@ -55,6 +55,7 @@ __all__ = [
     "insert_rows",
     "is_sdk_collection",
     "literal",
+    "load",
     "mark_kept",
     "new_name",
     "sdk_properties",
@@ -225,6 +226,11 @@ def current_index(conn: Connection, name: str, info: CollectionInfo) -> IndexSpe
     )
 
 
+def load(conn: Connection, name: str, timeout: float | None = None) -> None:
+    """Load a collection for search (reading or building its index: minutes for millions of vectors)."""
+    conn.call("load", conn.client.load_collection, name, collection=name, timeout=timeout or conn.timeout)
+
+
 def count_rows(conn: Connection, name: str) -> int:
     client = conn.client
     rows = conn.call(
@@ -321,8 +327,8 @@ class IndexSpec:
     def nlist(self) -> int:
         return int(self.params.get("nlist", 1))
 
-    def create(self, conn: Connection, name: str, field: str = VECTOR_FIELD) -> None:
-        """Build the index and check that it is the one asked for."""
+    def create(self, conn: Connection, name: str, field: str = VECTOR_FIELD, timeout: float | None = None) -> None:
+        """Build the index (within ``timeout`` seconds) and check that it is the one asked for."""
         client = conn.client
         index_params = client.prepare_index_params()
         index_params.add_index(
@@ -334,7 +340,7 @@ class IndexSpec:
             for param in index_params:
                 param.get_index_configs()["params"] = dict(self.params)
         try:
-            client.create_index(name, index_params, timeout=conn.timeout)
+            client.create_index(name, index_params, timeout=timeout or conn.timeout)
         except Exception as exc:
             text = str(exc).lower()
             if "index" in text and ("type" in text or "support" in text or "invalid" in text):

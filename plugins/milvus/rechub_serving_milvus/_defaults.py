@@ -22,6 +22,7 @@ __all__ = [
     "PK_FIELD",
     "VARCHAR_MAX",
     "VECTOR_FIELD",
+    "build_timeout",
     "ef_for",
     "insert_batch_rows",
     "milvus_metric",
@@ -79,6 +80,11 @@ def nprobe_for(nlist: int, given: int | None) -> int:
 def ef_for(k: int, given: int | None) -> int:
     """HNSW search beam for ``k`` results: the given value or max(64, k), never below ``k``."""
     return max(int(given) if given is not None else DEFAULT_EF_FLOOR, k)
+
+
+def build_timeout(given: float | None, timeout: float, n: int) -> float:
+    """Seconds an index build or load may take: the given value, else ``timeout`` plus 1 s per 1,000 vectors."""
+    return given if given is not None else timeout + n / 1000
 
 
 def tune_values(index_type: str, nlist: int | None) -> dict[str, list[int]]:

@@ -336,6 +336,22 @@ class LiteHost:
     _instance_lock = threading.Lock()
 
     @classmethod
+    def prestart(cls) -> None:
+        """Start the host in the background (it takes seconds), so that the first build or load finds it ready."""
+        with cls._instance_lock:
+            host = cls._instance
+            if host is not None and host.alive and host.owner_pid == os.getpid():
+                return
+
+        def start() -> None:
+            try:
+                cls.get()
+            except Exception as exc:  # reported again, with its message, on first use
+                logger.debug("starting the milvus-lite host in the background failed: %s", exc)
+
+        threading.Thread(target=start, name="milvus-lite-prestart", daemon=True).start()
+
+    @classmethod
     def get(cls) -> LiteHost:
         with cls._instance_lock:
             host = cls._instance

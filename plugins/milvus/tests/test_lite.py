@@ -16,6 +16,7 @@ from rechub_serving import (
     UnsupportedOperation,
     builder_factory,
     list_backends,
+    open_index,
 )
 from rechub_serving.testing import BackendConformance, clustered_data
 
@@ -271,3 +272,17 @@ def test_saved_embedded_index_records_its_database(tmp_path):
     with builder_factory("milvus", path=str(tmp_path / "other.db")).from_index_file(tmp_path / "idx") as again:
         assert len(again) == 60 and "private" in again.engine.location  # its own database, not path=
     assert not (tmp_path / "other.db").exists()
+
+
+def test_changes_after_the_build_are_saved(tmp_path):
+    """add/remove write new segments and tombstones after the build: a save copies them too."""
+    items, extra = _items(300), _items(40, seed=5)
+    with builder_factory("milvus", index_type="HNSW", metric="cosine").from_embeddings(items) as index:
+        index.add(extra, ids=np.arange(1000, 1040))
+        assert index.remove(np.arange(0, 20)) == 20
+        expected = index.query(extra[:5], 5).indices
+        index.save(tmp_path / "idx")
+    with open_index(tmp_path / "idx") as again:
+        assert len(again) == 320
+        np.testing.assert_array_equal(again.query(extra[:5], 5).indices, expected)
+        assert not set(again.query(items[:20], 5).indices.ravel().tolist()) & set(range(20))
