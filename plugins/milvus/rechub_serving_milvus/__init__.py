@@ -18,7 +18,7 @@ from rechub_serving import hookimpl
 from ._backend import MilvusBackend, open_collection
 from ._connection import legacy_lite_path, redact_uri
 from ._engine import MilvusEngine
-from ._lite import work_root
+from ._private import work_root
 
 __all__ = [
     "MilvusBackend",

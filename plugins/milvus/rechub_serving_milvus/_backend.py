@@ -1,7 +1,7 @@
 """The ``milvus`` backend: parameters, build, load, and attaching to an existing collection.
 
 Without ``uri`` an index lives in an embedded milvus-lite database: a private
-one per index (see :mod:`._lite`), or the user's own with ``path=``. With
+one per index (see :mod:`._private`), or the user's own with ``path=``. With
 ``uri="http://host:19530"`` (plus ``token``, ``db_name``) it lives on a
 Milvus server. The build inserts in batches below the gRPC message limit,
 flushes, builds the index, loads, and only then searches, so queries never
@@ -35,7 +35,6 @@ from rechub_serving import (
     Indexer,
     IndexFormatError,
     InvalidParameterError,
-    Param,
 )
 
 from ._collection import (
@@ -63,131 +62,15 @@ from ._defaults import (
     tune_values,
 )
 from ._engine import MilvusEngine
-from ._lite import DATA_DIR, LiteHost, PrivateDatabase, link_or_copy
+from ._host import LiteHost
+from ._params import PARAMS
+from ._private import DATA_DIR, PrivateDatabase, link_or_copy
 
 __all__ = ["MilvusBackend", "open_collection"]
 
 logger = logging.getLogger("rechub_serving.milvus")
 
 CONVERT_HINT = "save it again (open_index(path).save(path)) or run `rechub-index milvus convert PATH`"
-
-PARAMS = (
-    Param(
-        "index_type",
-        str,
-        "HNSW",
-        "FLAT (exact scan), IVF_FLAT, HNSW or AUTOINDEX",
-        aliases=("index",),
-        choices=INDEX_TYPES,
-    ),
-    Param(
-        "nlist",
-        int,
-        None,
-        "IVF_FLAT clusters (default ~4*sqrt(n), at most n)",
-        aliases=("nlists",),
-        minimum=1,
-        maximum=65536,
-    ),
-    Param(
-        "nprobe",
-        int,
-        None,
-        "IVF_FLAT clusters visited per query (default max(16, nlist/8); above nlist: every list)",
-        minimum=1,
-        maximum=65536,
-        search=True,
-    ),
-    Param("m", int, None, "HNSW links per node (default 16)", minimum=2, maximum=2048),
-    Param(
-        "ef_construction",
-        int,
-        None,
-        "HNSW build beam (default 200)",
-        aliases=("efConstruction",),
-        minimum=1,
-        maximum=1 << 20,
-    ),
-    Param(
-        "ef_search",
-        int,
-        None,
-        "HNSW search beam (default max(64, k); never below k)",
-        aliases=("ef", "efSearch"),
-        minimum=1,
-        maximum=1 << 20,
-        search=True,
-    ),
-    Param(
-        "consistency",
-        str,
-        None,
-        "Milvus consistency level of searches (default: Strong for the first search after a build, attach, add or "
-        "remove, so writes are always visible; Bounded otherwise, which skips the server's wait for the next time tick)",
-        aliases=("consistency_level",),
-        choices=("Strong", "Session", "Bounded", "Eventually"),
-    ),
-    Param(
-        "collection",
-        str,
-        None,
-        "collection name (default: a unique temporary rechub_<hex>, dropped on close unless saved)",
-        aliases=("collection_name", "name"),
-        runtime=True,
-        check=check_name,
-    ),
-    Param("uri", str, None, "Milvus server, e.g. http://host:19530 (default: embedded milvus-lite)", runtime=True),
-    Param("host", str, None, "server host (torch-rechub style; same as uri=http://host:port)", runtime=True),
-    Param("port", int, None, "server port with host= (default 19530)", minimum=1, maximum=65535, runtime=True),
-    Param(
-        "token",
-        str,
-        None,
-        "server credentials 'user:password' or API key (default: $RECHUB_MILVUS_TOKEN)",
-        runtime=True,
-        secret=True,
-    ),
-    Param("db_name", str, None, "database on the server (default: the server's default)", runtime=True),
-    Param(
-        "path",
-        str,
-        None,
-        "your own milvus-lite database (a directory ending in .db); default: a private database per index",
-        runtime=True,
-    ),
-    Param(
-        "batch_size",
-        int,
-        None,
-        "rows per insert request (default: as many as fit in 16 MiB)",
-        minimum=1,
-        maximum=1 << 24,
-        runtime=True,
-    ),
-    Param(
-        "connect_timeout",
-        float,
-        10.0,
-        "seconds one connection attempt may take",
-        minimum=0.1,
-        maximum=3600,
-        runtime=True,
-    ),
-    Param("timeout", float, 60.0, "seconds any one request may take", minimum=0.1, maximum=86400, runtime=True),
-    Param(
-        "build_timeout",
-        float,
-        None,
-        "seconds an index build or load may take (default: timeout + 1 s per 1,000 vectors)",
-        minimum=0.1,
-        maximum=7 * 86400,
-        runtime=True,
-    ),
-    Param(
-        "retries", int, 3, "extra connection attempts, with exponential back-off", minimum=0, maximum=10, runtime=True
-    ),
-    Param("progress", bool, None, "progress bar for long builds (default: when stderr is a terminal)", runtime=True),
-)
 
 
 def _connect(target: Target, config: Mapping[str, Any], **kw: Any) -> Connection:
@@ -268,7 +151,7 @@ class MilvusBackend(Backend):
             else:
                 engine.close()
             raise
-        if not temporary:
+        if not temporary and not target.is_private:  # a named collection outlives the index
             engine.keep()
         return engine
 

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from rechub_serving import BackendError, BackendUnavailableError, InvalidParameterError
 
-from ._lite import HostError, LiteHost, PrivateDatabase
+from ._host import HostError, LiteHost
+from ._private import PrivateDatabase
 
 __all__ = ["Connection", "Target", "legacy_lite_path", "redact_uri", "scrub"]
 
@@ -92,7 +93,7 @@ class Target:
     """A Milvus to connect to: a server ``uri``, a milvus-lite data directory ``path``, or neither.
 
     Neither (``is_private``): a private milvus-lite database that the
-    connection creates and deletes (see :mod:`._lite`).
+    connection creates and deletes (see :mod:`._private`).
     """
 
     uri: str | None = None
@@ -242,8 +243,8 @@ class Connection:
 
     ``connect_timeout`` bounds one connection attempt, ``retries`` the extra
     attempts (back-off 0.5 s, 1 s, 2 s, ...), ``timeout`` every later call.
-    A milvus-lite target is served by this process's :class:`~._lite.LiteHost`;
-    a private one gets a fresh :class:`~._lite.PrivateDatabase` (``purpose``
+    A milvus-lite target is served by this process's :class:`~._host.LiteHost`;
+    a private one gets a fresh :class:`~._private.PrivateDatabase` (``purpose``
     is recorded in its ``owner.json``) unless ``private`` hands one over.
     """
 

@@ -37,7 +37,7 @@ from rechub_serving import (
 from ._collection import CollectionInfo, IndexSpec, drop_quietly, insert_rows, literal, mark_kept
 from ._connection import Connection
 from ._defaults import MAX_NQ, MAX_TOPK, MESSAGE_BYTES, ef_for, nprobe_for
-from ._lite import DATA_DIR, copy_collection
+from ._private import DATA_DIR, copy_collection
 
 __all__ = ["MilvusEngine"]
 

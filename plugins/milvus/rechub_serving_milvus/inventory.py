@@ -29,7 +29,7 @@ from rechub_serving import BackendError, InvalidParameterError
 
 from ._collection import P_CREATED, P_OWNER, P_SDK, P_TEMPORARY, SDK_MARK, is_sdk_collection
 from ._connection import Connection, Target, legacy_lite_path, redact_uri
-from ._lite import PrivateEntry, list_private, sweep
+from ._private import PrivateEntry, list_private, sweep
 
 __all__ = [
     "CollectionStatus",

@@ -50,7 +50,7 @@ def main() -> None:
         items = clustered_data(args.n, args.dim, seed=args.seed)
         emit(event="building")
         index = builder_factory("milvus", **params).from_embeddings(items)
-        from rechub_serving_milvus._lite import LiteHost
+        from rechub_serving_milvus._host import LiteHost
 
         host = LiteHost._instance.pid if LiteHost._instance is not None else None
         found = index.query(queries(args.dim), 5).indices.tolist()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rechub_serving_milvus._lite import list_private, sweep
+from rechub_serving_milvus._private import list_private, sweep
 
 from rechub_serving import builder_factory, open_index
 from rechub_serving.testing import clustered_data

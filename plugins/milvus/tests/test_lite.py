@@ -107,6 +107,8 @@ def test_aliases_of_torch_rechub():
     )
     assert builder_factory("milvus", index_type="IVF_FLAT", nlists=4).config["nlist"] == 4
     assert builder_factory("milvus", name="catalog").config["collection"] == "catalog"  # torch-rechub's name=
+    with builder_factory("milvus", name="catalog", index_type="FLAT").from_embeddings(_items(20)) as index:
+        assert index.engine.collection == "catalog" and index.engine.temporary  # a private database goes on close
 
 
 def test_tune_space_per_index_type():

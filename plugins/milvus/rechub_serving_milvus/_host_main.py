@@ -1,6 +1,6 @@
 """The milvus-lite host: a child process that serves embedded databases to one parent process.
 
-Run by :mod:`._lite` as ``python _lite_host.py REPLY_FD`` (a plain script: it
+Run by :mod:`._host` as ``python _host_main.py REPLY_FD`` (a plain script: it
 imports only the standard library and milvus-lite). Requests come as JSON
 lines on stdin, replies go as JSON lines to file descriptor ``REPLY_FD``;
 anything milvus-lite prints lands on stdout/stderr, which the parent logs at
