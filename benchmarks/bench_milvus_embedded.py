@@ -2,7 +2,8 @@
 
     git worktree add /tmp/rechub-0.1 b8be4d6          # the 0.1 code, for "before"
     python benchmarks/bench_milvus_embedded.py --before /tmp/rechub-0.1              # 100,000 x 64
-    python benchmarks/bench_milvus_embedded.py --before /tmp/rechub-0.1 --n 1000000 --name milvus-embedded-1m
+    python benchmarks/bench_milvus_embedded.py --before /tmp/rechub-0.1 --n 1000000 --name milvus-embedded-1m \
+        --repeats 2 --singles 10
 
 For each implementation, in fresh processes (so "open" is what a serving
 worker pays at start): build the default index (HNSW, cosine) and save it;
@@ -76,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
             batch.append(time.perf_counter() - start)
         out["qps_batch"] = len(queries) / statistics.median(batch)
         singles = []
-        for q in queries[:200]:
+        for q in queries[: args.singles]:
             start = time.perf_counter()
             index.query(q, 10)
             singles.append(time.perf_counter() - start)
@@ -122,7 +123,7 @@ class Impl:
 
     def run(self, mode: str, args: argparse.Namespace, hold: bool = False) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "--worker", mode, "--index", str(self.index), "--n", str(args.n)]
-        cmd += ["--dim", str(args.dim)] + (["--hold"] if hold else [])
+        cmd += ["--dim", str(args.dim), "--singles", str(args.singles)] + (["--hold"] if hold else [])
         return subprocess.Popen(
             cmd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--singles", type=int, default=100, help="single-vector queries timed per open")
     parser.add_argument("--name", default="milvus-embedded")
     parser.add_argument("--out", type=Path, default=None, help="directory of the report (default docs/benchmarks)")
     parser.add_argument("--worker", choices=("build", "open"), help=argparse.SUPPRESS)

@@ -30,11 +30,15 @@ class TestLiteFlat(BackendConformance):
 
 
 class TestLiteHNSW(BackendConformance):
+    """The default index; cosine, the two-tower metric (FLAT checks the whole metric table exactly)."""
+
     backend = "milvus"
     params = {"index_type": "HNSW"}
     recall_floor = 0.9
+    metrics = ("cosine",)
 
 
+@pytest.mark.slow
 class TestLiteIVF(BackendConformance):
     """IVF_FLAT: per-call nprobe, concurrent queries with different values (one metric: each build costs)."""
 
@@ -44,6 +48,7 @@ class TestLiteIVF(BackendConformance):
     metrics = ("l2",)
 
 
+@pytest.mark.slow
 class TestOwnDatabase(BackendConformance):
     """The user's own milvus-lite database (path=): collections are created, dropped and saved in it."""
 
