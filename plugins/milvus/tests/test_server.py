@@ -218,3 +218,13 @@ def test_overwrite_drops_the_collection_it_replaces(milvus_server, tmp_path, mon
 
     states = {c.name: c.state for c in list_collections(uri=milvus_server.uri, search=[tmp_path])}
     assert first not in states and states[second] == "referenced"
+
+
+def test_nprobe_above_nlist_is_clamped_on_the_server(milvus_server):
+    """Milvus refuses nprobe > nlist; the plugin clamps, as on milvus-lite and in the faiss plugin."""
+    items, queries = clustered_data(300, 8, seed=0), clustered_data(5, 8, seed=1)
+    b = builder_factory("milvus", index_type="IVF_FLAT", nlist=4, nprobe=50, metric="ip", **milvus_server.params)
+    with b.from_embeddings(items) as index:
+        np.testing.assert_array_equal(index.query(queries, 5).indices, index.query(queries, 5, nprobe=4).indices)
+        ref = builder_factory("numpy", metric="ip").from_embeddings(items).query(queries, 5)
+        np.testing.assert_array_equal(index.query(queries, 5).indices, ref.indices)
