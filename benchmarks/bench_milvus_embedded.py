@@ -129,10 +129,13 @@ class Impl:
         )
 
     def result(self, proc: subprocess.Popen, timeout: float | None = None) -> dict:
+        """The worker's last JSON line, or ``{"error": its last error line}`` when it failed."""
         out, err = proc.communicate(timeout=timeout)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
-            raise SystemExit(f"{self.name} worker failed ({proc.returncode}):\n{err[-3000:]}")
+            print(f"{self.name} worker failed ({proc.returncode}):\n{err[-3000:]}", flush=True)
+            last = [line for line in err.splitlines() if "Error" in line or "Exception" in line]
+            return {"error": (last[-1] if last else f"exit code {proc.returncode}").strip()[:300]}
         return json.loads(lines[-1])
 
 
@@ -161,8 +164,15 @@ def main() -> None:
         builds = {}
         for impl in impls:
             impl.index.parent.mkdir(parents=True)
+            start = time.perf_counter()
             builds[impl.name] = impl.result(impl.run("build", args))
+            builds[impl.name]["wall_s"] = time.perf_counter() - start
             print(impl.name, "built", builds[impl.name], flush=True)
+        failed = [impl for impl in impls if "error" in builds[impl.name]]
+        for impl in failed:
+            minutes = builds[impl.name]["wall_s"] / 60
+            rows.append([impl.name, f"failed after {minutes:.0f} min: {builds[impl.name]['error']}"] + [""] * 8)
+        impls = [impl for impl in impls if impl not in failed]
         opens: dict[str, list[dict]] = {impl.name: [] for impl in impls}
         for _ in range(args.repeats):  # alternately, so that both see the same machine
             for impl in impls:
@@ -172,8 +182,25 @@ def main() -> None:
             assert holder.stdout is not None
             held = json.loads(holder.stdout.readline())
             disk_one = disk_bytes(impl.index, impl.shared, impl.private)
-            second = impl.result(impl.run("open", args))
-            disk_two = disk_bytes(impl.index, impl.shared, impl.private)
+            seconds = []
+            for _ in range(args.repeats):  # a second opener, measured while both hold the index open
+                proc = impl.run("open", args, hold=True)
+                assert proc.stdout is not None and proc.stdin is not None
+                line = proc.stdout.readline()
+                second = json.loads(line) if line.startswith("{") else impl.result(proc)
+                if "error" in second:
+                    proc.communicate()
+                    seconds = [second]
+                    break
+                second["extra_disk"] = disk_bytes(impl.index, impl.shared, impl.private) - disk_one
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                impl.result(proc)
+                seconds.append(second)
+            if "error" in seconds[0]:
+                second = seconds[0]
+            else:
+                second = {k: statistics.median(r[k] for r in seconds) for k in ("open_s", "rss_mib", "extra_disk")}
             assert holder.stdin is not None
             holder.stdin.write("\n")
             holder.stdin.flush()
@@ -183,7 +210,7 @@ def main() -> None:
             if "error" in second:
                 second_text = f"fails: {second['error']}"
             else:
-                extra = (disk_two - disk_one) / 2**20
+                extra = second["extra_disk"] / 2**20
                 second_text = f"{second['open_s']:.2f} s, +{extra:,.1f} MiB disk, {second['rss_mib']:,.0f} MiB RSS"
             rows.append(
                 [

@@ -239,9 +239,10 @@ def count_rows(conn: Connection, name: str) -> int:
     return int(rows[0]["count(*)"]) if rows else 0
 
 
-def drop_quietly(conn: Connection, name: str) -> None:
+def drop_quietly(conn: Connection, name: str, timeout: float | None = None) -> None:
+    """Drop a collection; a failure is logged, never raised (closing must not fail)."""
     try:
-        conn.client.drop_collection(name, timeout=conn.timeout)
+        conn.client.drop_collection(name, timeout=min(timeout or conn.timeout, conn.timeout))
         logger.info("dropped collection %r on %s", name, conn.describe())
     except Exception as exc:
         logger.warning("could not drop collection %r on %s: %s", name, conn.describe(), conn.message(exc))

@@ -46,6 +46,7 @@ logger = logging.getLogger("rechub_serving.milvus")
 SERVER_FILE = "milvus.json"  # what a saved server index holds: where its collection is
 _MAX_DISTINCT_FILTERS = 4  # more distinct exclusion lists in one batch: over-fetch instead
 _PARAM_CACHE = 64
+_QUICK_DROP_S = 5.0  # a drop at exit or after an interrupt waits at most this long
 
 
 class _ParamGate:
@@ -92,9 +93,13 @@ class _Resources:
         try:
             # A private database goes as a whole; elsewhere a temporary collection is dropped.
             if self.temporary and conn.private is None and conn.is_open:
-                drop_quietly(conn, self.name)
+                drop_quietly(conn, self.name, None if wait else _QUICK_DROP_S)
         finally:
             conn.close(wait=wait)
+
+    def finalize(self) -> None:
+        """Garbage collection or interpreter exit: never wait long for a server that went away."""
+        self.release(wait=False)
 
 
 class MilvusEngine(Engine):
@@ -126,7 +131,7 @@ class MilvusEngine(Engine):
         self._search_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._gate = None if conn.target.is_server else _ParamGate()
         self._resources = _Resources(conn, name, temporary)
-        self._finalizer = weakref.finalize(self, self._resources.release)
+        self._finalizer = weakref.finalize(self, self._resources.finalize)
         self.id_kind = info.kind
         self.distance = RawDistance.SQUARED_L2 if spec.metric == "L2" else RawDistance.INNER_PRODUCT
 
