@@ -203,6 +203,25 @@ def test_two_processes_build_and_query_at_the_same_time_with_the_defaults(root, 
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_a_cli_build_stops_fast_and_leaves_nothing(root, tmp_path):
+    np.save(tmp_path / "items.npy", clustered_data(150_000, 32, seed=0))
+    cmd = [sys.executable, "-m", "rechub_serving.cli", "build", str(tmp_path / "items.npy")]
+    proc = subprocess.Popen(
+        [*cmd, "-o", str(tmp_path / "idx"), "-b", "milvus"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert wait_until(lambda: len(entries(root)) == 1, 60)
+    time.sleep(6)  # inserting, flushing or indexing by now
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 10 and proc.returncode != 0
+    assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx*"))
+    noise = [line for line in stderr.splitlines() if line and not line.startswith(("rechub-index", "building"))]
+    assert noise == [], noise  # no traceback, no milvus-lite, pymilvus or gRPC output
+    assert wait_until(lambda: entries(root) == [], 10), entries(root)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_a_build_stops_fast_and_leaves_nothing(root, signum):
     child = Child("build", "--n", "150000", "--dim", "32")
