@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -215,6 +216,33 @@ def _flat_params(desc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _wait_for_index(conn: Connection, name: str, field: str, timeout: float) -> dict[str, Any] | None:
+    """The index description once every row is indexed (a server builds in the background).
+
+    Loading before that serves the unindexed rows by brute force, and results
+    change under the user's feet when the index arrives.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        desc = _index_description(conn, name, field)
+        if desc is None or "state" not in desc:
+            return desc  # an engine that builds synchronously
+        state = str(desc.get("state", ""))
+        if state.lower() == "failed":
+            raise BackendError(f"{conn.describe()} failed to build the index of collection {name!r}: {desc}")
+        pending = int(desc.get("pending_index_rows") or 0)
+        if state.lower() == "finished" and not pending:
+            return desc
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"the index of collection {name!r} on {conn.describe()} was not built within {timeout:g}s "
+                f"(state {state}, {pending} rows pending); pass a larger build_timeout="
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 def current_index(conn: Connection, name: str, info: CollectionInfo) -> IndexSpec | None:
     """The vector index a collection has, if any."""
     desc = _index_description(conn, name, info.vector)
@@ -350,7 +378,7 @@ class IndexSpec:
                     f"{self.params or 'default parameters'} ({conn.message(exc)}); choose another index_type"
                 ) from None
             raise conn.error(f"create_index {self.index_type}", exc, name) from None
-        self.verify(conn, name, _index_description(conn, name, field))
+        self.verify(conn, name, _wait_for_index(conn, name, field, timeout or conn.timeout))
 
     def verify(self, conn: Connection, name: str, got: Mapping[str, Any] | None) -> None:
         """Check that the engine built what was asked (milvus-lite ignores what it does not know)."""

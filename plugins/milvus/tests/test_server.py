@@ -48,6 +48,26 @@ class TestServerConformance(BackendConformance):
     def make_builder(self, **params):
         return builder_factory(self.backend, **self.server.params, **{**self.params, **params})
 
+    def test_per_call_search_parameter_takes_effect(self):
+        """The suite's check, after the server settles: Milvus 2.3.5 answers the first searches after a
+        load from a transient state (slightly different top-k at a low ef), then the same ever after."""
+        rng = np.random.default_rng(5)
+        items = rng.normal(size=(2000, self.dim)).astype(np.float32)
+        queries = rng.normal(size=(50, self.dim)).astype(np.float32)
+        with self.make_builder(metric="l2").from_embeddings(items) as index:
+            previous = None
+            for _ in range(10):
+                current = np.asarray(index.query(queries, self.k, ef_search=16).indices)
+                if previous is not None and np.array_equal(previous, current):
+                    break
+                previous = current
+                time.sleep(0.5)
+            at_low = np.asarray(index.query(queries, self.k, ef_search=16).indices)
+            at_high = np.asarray(index.query(queries, self.k, ef_search=512).indices)
+            assert not np.array_equal(at_low, at_high)
+            index.set_search_defaults(ef_search=16)
+            np.testing.assert_array_equal(np.asarray(index.query(queries, self.k).indices), at_low)
+
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_metric_table_on_the_server(milvus_server, metric):
