@@ -372,6 +372,9 @@ class IndexSpec:
             client.create_index(name, index_params, timeout=timeout or conn.timeout)
         except Exception as exc:
             text = str(exc).lower()
+            if "already exist" in text:  # pymilvus retried a call whose connection dropped: check what exists
+                self.verify(conn, name, _wait_for_index(conn, name, field, timeout or conn.timeout))
+                return
             if "index" in text and ("type" in text or "support" in text or "invalid" in text):
                 raise InvalidParameterError(
                     f"{conn.describe()} does not support index_type={self.index_type!r} with "

@@ -71,12 +71,44 @@ def _open(data_dir: str, remove: str | None) -> dict[str, Any]:
         if entry is not None:
             entry["refs"] += 1
             return {"port": entry["port"]}
-    from milvus_lite.adapter.grpc.server import start_server_in_thread  # type: ignore[import-untyped]
-
-    server, db, port = start_server_in_thread(data_dir=data_dir, host="127.0.0.1", port=0)
+    server, db, port = _serve(data_dir)
     with _lock:
         _served[data_dir] = {"server": server, "db": db, "port": port, "refs": 1, "remove": remove}
     return {"port": port}
+
+
+# pymilvus pings every 10 s; a gRPC server's defaults answer pings during a long call without
+# data (an index build of minutes) with GOAWAY "too_many_pings", which kills the call: allow them.
+_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.max_send_message_length", 256 << 20),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def _serve(data_dir: str) -> tuple[Any, Any, int]:
+    """milvus-lite's gRPC server over ``data_dir`` on a loopback port: (server, database, port)."""
+    from concurrent import futures
+
+    import grpc  # type: ignore[import-untyped]
+    from milvus_lite.adapter.grpc import server as lite_server  # type: ignore[import-untyped]
+    from milvus_lite.adapter.grpc.servicer import MilvusServicer  # type: ignore[import-untyped]
+    from milvus_lite.db import MilvusLite  # type: ignore[import-untyped]
+    from pymilvus.grpc_gen import milvus_pb2_grpc  # type: ignore[import-untyped]
+
+    db = MilvusLite(data_dir)
+    try:
+        workers = getattr(lite_server, "DEFAULT_MAX_WORKERS", 10)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=_SERVER_OPTIONS)
+        milvus_pb2_grpc.add_MilvusServiceServicer_to_server(MilvusServicer(db), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+    except BaseException:
+        db.close()
+        raise
+    return server, db, port
 
 
 def _stop(entry: dict[str, Any], *, wait: bool) -> None:
