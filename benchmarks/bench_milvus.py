@@ -164,7 +164,7 @@ def main() -> None:
 
     runners = [
         faiss_runner(items),
-        milvus_runner("milvus (milvus-lite 3.2.2, embedded)", items, path=str(tmp / "bench.db")),
+        milvus_runner("milvus (milvus-lite 3.2.2, embedded, private database)", items),
     ]
     for runner in runners:
         print("running", runner[0], flush=True)

@@ -180,6 +180,7 @@ def _register_optional(module: str) -> None:
 
 _register_optional("_train_cmds")  # train, recommend
 _register_optional("_serve_cmds")  # serve
+_register_optional("_milvus_cmds")  # milvus list, drop, convert
 
 
 def run(argv: list[str] | None = None) -> None:

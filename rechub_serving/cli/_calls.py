@@ -43,15 +43,19 @@ def make_builder(backend: str, metric: str | None, params: dict[str, Any]) -> Bu
         raise UsageProblem(str(exc)) from None
 
 
-def check_output(output: Path, overwrite: bool) -> None:
-    """Refuse to touch an existing path unless --overwrite (and never a path that is not an index)."""
+def check_output(output: Path, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse to touch an existing path unless --overwrite (and never a path that is not an index).
+
+    Returns the manifest of the index ``--overwrite`` will replace (None when nothing is there).
+    """
     if not output.exists():
-        return
+        return None
     if not is_index_dir(output):
         kind = "directory" if output.is_dir() else "file"
         raise CliError(f"{output}: exists and is a {kind} that is not a rechub-serving index; choose another -o path")
     if not overwrite:
         raise CliError(f"{output}: an index already exists there; pass --overwrite to replace it")
+    return read_manifest(output)
 
 
 def _build_params(backend: str, params: dict[str, Any]) -> list[str]:

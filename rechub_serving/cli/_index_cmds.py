@@ -29,6 +29,7 @@ from rechub_serving import (
 from ._calls import check_output, make_builder, open_index_arg
 from ._common import CliError, UsageProblem, dir_size, format_bytes, parse_params, state
 from ._io import RESULT_SUFFIXES, load_exclude, load_vectors, result_rows, write_results
+from ._milvus_cmds import release_replaced
 from ._options import BackendOpt, KeyOpt, MetricOpt, OverwriteOpt, ParamOpt, output_options
 from ._render import Progress, print_pairs, print_table
 
@@ -137,7 +138,7 @@ def build(
 ) -> None:
     """Build an index from an embeddings file and save it (atomically: a failure leaves no partial index)."""
     builder = make_builder(backend, metric, parse_params(param))
-    check_output(output, overwrite)
+    replaced = check_output(output, overwrite)
     state.track_outputs()
     with Progress(f"reading {embeddings}", total=3) as progress:
         loaded = load_vectors(embeddings, key=key, ids=ids)
@@ -156,6 +157,7 @@ def build(
         with index:
             index.save(output)
             state.wrote(output)
+            release_replaced(replaced, builder.given_params, output)
             progress.advance()
             summary = {
                 "index": str(output),

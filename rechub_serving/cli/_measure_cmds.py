@@ -23,6 +23,7 @@ from ._calls import check_output, make_builder
 from ._common import CliError, format_bytes, parse_config, parse_params, state, to_jsonable
 from ._io import Loaded, load_vectors
 from ._measure import MEMORY_LABEL, Measurement, TuneOutcome, TunePoint, measure, truth_ids, tune_search
+from ._milvus_cmds import release_replaced
 from ._options import KeyOpt, MetricOpt, OverwriteOpt, ParamOpt, QueriesOpt, output_options
 from ._render import Progress, fmt, print_table
 
@@ -243,8 +244,7 @@ def tune(
     build_params = parse_params(param)
     builder = make_builder(backend, metric, build_params)
     space = builder.tune_space()
-    if output is not None:
-        check_output(output, overwrite)
+    replaced = check_output(output, overwrite) if output is not None else None
     state.track_outputs()
     loaded = load_vectors(embeddings, key=key, ids=ids)
     base, base_ids, q = _catalogue_and_queries(loaded, embeddings, queries, n_queries, seed)
@@ -263,12 +263,14 @@ def tune(
                 index.set_search_defaults(**outcome.best.params)  # the index already holds every vector
                 index.save(output)
                 state.wrote(output)
+                release_replaced(replaced, builder.given_params, output)
         if output is not None and outcome.best is not None and queries is None:
             progress.stage(f"building the final index over all {len(loaded.vectors)} vectors")
             final = make_builder(backend, metric, {**build_params, **outcome.best.params})
             with final.from_embeddings(loaded.vectors, ids=loaded.ids) as full:
                 full.save(output)
                 state.wrote(output)
+                release_replaced(replaced, final.given_params, output)
     _render_tune(
         builder.name, builder.build_params, builder.metric.value, k, target_recall, len(q), space, outcome, output
     )

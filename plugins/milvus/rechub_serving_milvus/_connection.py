@@ -1,16 +1,19 @@
-"""Where a Milvus index lives and how to reach it: milvus-lite file or server, retries, errors.
+"""Where a Milvus index lives and how to reach it: a server, or a milvus-lite database; retries, errors.
 
-Everything that talks to pymilvus directly goes through :class:`Connection`,
-so every failure becomes one of the core's errors with a message that names
-the uri (never the token) and the collection, and no call can hang: every
-RPC carries a timeout and connecting is retried a bounded number of times
-with exponential back-off.
+Everything that talks to pymilvus goes through :class:`Connection`, so every
+failure becomes one of the core's errors with a message that names the uri
+(never a password or the token) and the collection, and no call can hang:
+every RPC carries a timeout and connecting is retried a bounded number of
+times with exponential back-off. pymilvus's own log output (it prints
+tracebacks to stderr by default) is routed to the ``rechub_serving.milvus``
+logger at debug level, credentials removed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -22,7 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from rechub_serving import BackendError, BackendUnavailableError, InvalidParameterError
 
-__all__ = ["Connection", "Target", "default_lite_path", "redact_uri"]
+from ._host import HostError, LiteHost
+from ._private import PrivateDatabase
+
+__all__ = ["Connection", "Target", "legacy_lite_path", "redact_uri", "scrub"]
 
 logger = logging.getLogger("rechub_serving.milvus")
 
@@ -48,14 +54,15 @@ _UNAVAILABLE_HINTS = (
     "cancelled",
 )
 _AUTH_HINTS = ("auth", "credential", "unauthenticated", "password", "permission denied", "token")
+# gRPC's C core logs connection events ("Got goaway" when an embedded database stops) on
+# stderr; keep it to errors unless the user chose a level. Read by gRPC on first use.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/@\s]*)@")
 
 
-def default_lite_path() -> Path:
-    """The milvus-lite database used when neither ``uri`` nor ``path`` is given.
-
-    ``$RECHUB_MILVUS_PATH`` if set, else ``$XDG_CACHE_HOME/rechub-serving/milvus.db``
-    (``~/.cache/rechub-serving/milvus.db``).
-    """
+def legacy_lite_path() -> Path:
+    """The shared milvus-lite database of rechub-serving-milvus 0.1 (``$RECHUB_MILVUS_PATH`` or ``~/.cache/...``)."""
     env = os.environ.get(PATH_ENV)
     if env:
         return Path(env).expanduser()
@@ -72,9 +79,22 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with ``scheme://user:password@`` passwords and the given secrets replaced by ``***``."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
 @dataclass(frozen=True)
 class Target:
-    """A Milvus to connect to: a server ``uri`` or a milvus-lite ``path``."""
+    """A Milvus to connect to: a server ``uri``, a milvus-lite data directory ``path``, or neither.
+
+    Neither (``is_private``): a private milvus-lite database that the
+    connection creates and deletes (see :mod:`._private`).
+    """
 
     uri: str | None = None
     path: str | None = None
@@ -82,7 +102,7 @@ class Target:
     token: str = field(default="", repr=False)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Target:
+    def from_config(cls, config: Any) -> Target:
         uri = config.get("uri")
         if config.get("host") or config.get("port"):
             if uri:
@@ -95,67 +115,60 @@ class Target:
             if scheme not in ("http", "https", "tcp", "grpc", "unix"):
                 raise InvalidParameterError(
                     f"milvus: uri={redact_uri(uri)!r} is not a server address; expected http://host:19530 "
-                    "(for an embedded database use path='file.db' instead)"
+                    "(for your own embedded database use path='file.db' instead)"
                 )
             token = config.get("token") or os.environ.get(TOKEN_ENV, "")
             return cls(uri=uri, db_name=config.get("db_name") or "", token=token)
         if config.get("db_name"):
             raise InvalidParameterError("milvus: db_name= needs a server uri=; milvus-lite has a single database")
-        path = Path(config.get("path") or default_lite_path()).expanduser().absolute()
-        if not path.name.endswith(".db"):
-            raise InvalidParameterError(f"milvus: path={str(path)!r} must end with '.db' (a milvus-lite database)")
-        return cls(path=str(path))
+        if config.get("path"):
+            return cls.lite(config["path"])
+        return cls()
+
+    @classmethod
+    def lite(cls, path: str | Path) -> Target:
+        """A milvus-lite database of the user's (``path=``, or a 0.1 saved index's)."""
+        resolved = Path(path).expanduser().absolute()
+        if not resolved.name.endswith(".db"):
+            raise InvalidParameterError(f"milvus: path={str(resolved)!r} must end with '.db' (a milvus-lite database)")
+        return cls(path=str(resolved))
 
     @property
-    def is_lite(self) -> bool:
-        return self.uri is None
+    def is_server(self) -> bool:
+        return self.uri is not None
+
+    @property
+    def is_private(self) -> bool:
+        return self.uri is None and self.path is None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never appear in messages: the token and any password inside the uri."""
+        out = [self.token] if self.token else []
+        if self.token and ":" in self.token:
+            out.append(self.token.split(":", 1)[1])
+        password = urlsplit(self.uri).password if self.uri else None
+        if password:
+            out.append(password)
+        return tuple(out)
 
     def describe(self) -> str:
         """Printable location, without secrets."""
-        if self.is_lite:
-            return f"milvus-lite database {self.path}"
-        db = f" (database {self.db_name!r})" if self.db_name else ""
-        return f"Milvus server {redact_uri(self.uri or '')}{db}"
+        if self.is_server:
+            db = f" (database {self.db_name!r})" if self.db_name else ""
+            return f"Milvus server {redact_uri(self.uri or '')}{db}"
+        if self.is_private:
+            return "a private milvus-lite database"
+        return f"milvus-lite database {self.path}"
 
     def manifest_entry(self) -> dict[str, Any]:
-        """What a saved index records about its location (never the token)."""
-        if self.is_lite:
-            return {"kind": "lite", "path": self.path}
+        """What a saved server index records about its location (never the token)."""
         return {"kind": "server", "uri": redact_uri(self.uri or ""), "db_name": self.db_name}
-
-
-class _LiteServers:
-    """Reference counts of the in-process milvus-lite servers, one per database file."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users: dict[str, int] = {}
-
-    def acquire(self, path: str) -> None:
-        with self._lock:
-            self._users[path] = self._users.get(path, 0) + 1
-
-    def release(self, path: str) -> None:
-        with self._lock:
-            left = self._users.get(path, 0) - 1
-            if left > 0:
-                self._users[path] = left
-                return
-            self._users.pop(path, None)
-        try:
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(path)
-        except Exception:  # pragma: no cover - best effort at close
-            logger.debug("could not release milvus-lite server for %s", path, exc_info=True)
-
-
-_LITE = _LiteServers()
 
 
 def _message(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or ""
-    text = text.strip()
+    text = str(text).strip()
     code = getattr(exc, "code", None)
     if callable(code):  # grpc.RpcError
         try:
@@ -192,32 +205,86 @@ def _is_auth(exc: BaseException) -> bool:
     return any(h in text for h in _AUTH_HINTS) or getattr(exc, "code", None) in (1800, 2, 16)
 
 
+class _ToDebug(logging.Handler):
+    """Re-emit pymilvus records on our logger at debug level, without credentials."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = scrub(record.getMessage())
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f" ({_message(record.exc_info[1])})"
+            logger.debug("pymilvus: %s", scrub(text))
+        except Exception:  # pragma: no cover - logging never breaks a call
+            pass
+
+
+_QUIET = threading.Lock()
+_quieted = False
+
+
+def quiet_pymilvus() -> None:
+    """Route pymilvus's stderr handlers (tracebacks on every failed RPC) to our debug log, once."""
+    global _quieted
+    with _QUIET:
+        if _quieted:
+            return
+        _quieted = True
+        for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer"):
+            log = logging.getLogger(name)
+            for handler in list(log.handlers):
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    log.removeHandler(handler)
+            log.addHandler(_ToDebug())
+            log.propagate = False
+
+
 class Connection:
     """One pymilvus ``MilvusClient`` plus the settings every call needs.
 
     ``connect_timeout`` bounds one connection attempt, ``retries`` the extra
     attempts (back-off 0.5 s, 1 s, 2 s, ...), ``timeout`` every later call.
+    A milvus-lite target is served by this process's :class:`~._host.LiteHost`;
+    a private one gets a fresh :class:`~._private.PrivateDatabase` (``purpose``
+    is recorded in its ``owner.json``) unless ``private`` hands one over.
     """
 
-    def __init__(self, target: Target, *, connect_timeout: float = 10.0, timeout: float = 60.0, retries: int = 3):
+    def __init__(
+        self,
+        target: Target,
+        *,
+        connect_timeout: float = 10.0,
+        timeout: float = 60.0,
+        retries: int = 3,
+        purpose: str = "temporary index",
+        private: PrivateDatabase | None = None,
+    ):
         self.target = target
         self.timeout = timeout
         self._client: Any = None
-        self._lite_acquired = False
-        self._connect(connect_timeout, retries)
-
-    # -- connecting -------------------------------------------------------------
-    def _connect(self, connect_timeout: float, retries: int) -> None:
+        self.private: PrivateDatabase | None = private
+        self._host: LiteHost | None = None
+        self._data_dir: Path | None = None
         try:
-            from pymilvus import MilvusClient
+            from pymilvus import MilvusClient  # type: ignore[import-untyped]
         except ImportError as exc:  # pragma: no cover - dependency missing
             raise BackendUnavailableError(
                 f"the milvus backend needs pymilvus (pip install rechub-serving-milvus): {exc}"
             ) from None
-        target = self.target
-        if target.is_lite:
-            self._client = self._connect_lite(MilvusClient, connect_timeout)
+        quiet_pymilvus()  # after the import: pymilvus configures its handlers when imported
+        if target.is_server:
+            self._client = self._connect_server(MilvusClient, connect_timeout, retries)
             return
+        try:
+            if target.is_private and self.private is None:
+                self.private = PrivateDatabase(purpose)
+            self._client = self._connect_lite(MilvusClient, connect_timeout)
+        except BaseException:
+            self.close(wait=False)
+            raise
+
+    # -- connecting -------------------------------------------------------------
+    def _connect_server(self, client_cls: Any, connect_timeout: float, retries: int) -> Any:
+        target = self.target
         last: BaseException | None = None
         for attempt in range(retries + 1):
             if attempt:
@@ -227,25 +294,24 @@ class Connection:
                 )
                 time.sleep(delay)
             try:
-                client = MilvusClient(
-                    uri=target.uri, token=target.token, db_name=target.db_name, timeout=connect_timeout
+                client = client_cls(
+                    uri=target.uri, token=target.token, db_name=target.db_name, timeout=connect_timeout, dedicated=True
                 )
                 client.get_server_version(timeout=connect_timeout)
-                self._client = client
-                return
+                return client
             except Exception as exc:
                 last = exc
                 if not _is_unavailable(exc) and _port_open(target.uri or "", connect_timeout):
                     # Something listens there, yet the handshake failed: credentials (the
                     # server says little more than "code=2"), a wrong db_name, or not Milvus.
                     raise BackendError(
-                        f"{target.describe()} answers on its port but the Milvus handshake failed ({_message(exc)}); "
-                        f"check token= (user:password or an API key, default ${TOKEN_ENV}), db_name=, and that "
-                        "a Milvus server listens there"
+                        f"{target.describe()} answers on its port but the Milvus handshake failed "
+                        f"({self.message(exc)}); check token= (user:password or an API key, default "
+                        f"${TOKEN_ENV}), db_name=, and that a Milvus server listens there"
                     ) from None
                 if _is_auth(exc) and not _is_unavailable(exc):
                     raise BackendError(
-                        f"{target.describe()} refused the credentials ({_message(exc)}); check token= "
+                        f"{target.describe()} refused the credentials ({self.message(exc)}); check token= "
                         f"(user:password or an API key) or ${TOKEN_ENV}"
                     ) from None
                 if "database not found" in _message(exc).lower():
@@ -254,65 +320,83 @@ class Connection:
                     ) from None
         raise BackendUnavailableError(
             f"cannot reach {target.describe()} after {retries + 1} attempts with a {connect_timeout:g}s connect "
-            f"timeout ({_message(last) if last else 'no answer'}); is the server running and the uri right?"
+            f"timeout ({self.message(last) if last else 'no answer'}); is the server running and the uri right?"
         ) from None
 
     def _connect_lite(self, client_cls: Any, connect_timeout: float) -> Any:
-        path = Path(self.target.path or "")
+        data_dir = self.private.data_dir if self.private is not None else Path(self.target.path or "")
+        if self.private is None:
+            try:
+                data_dir.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(f"cannot create the directory of {self.target.describe()}: {exc}") from None
+        host = LiteHost.get()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendError(f"cannot create the directory of the milvus-lite database {path}: {exc}") from None
+            port = host.open(data_dir, self.private.root if self.private is not None else None)
+        except HostError as exc:
+            if exc.kind == "DataDirLockedError":
+                raise BackendUnavailableError(
+                    f"{self.target.describe()} is open in another process, and milvus-lite lets one process at a "
+                    "time use a database; close it there, or build without path= (each index then gets a private "
+                    "database of its own)"
+                ) from None
+            raise BackendError(f"cannot open {self.describe()}: {exc}") from None
+        self._host, self._data_dir = host, data_dir
         try:
-            import milvus_lite  # noqa: F401
-        except ImportError:
-            raise BackendUnavailableError(
-                "no uri= was given, so the milvus backend uses an embedded milvus-lite database, "
-                "but milvus-lite is not installed (pip install milvus-lite), or pass uri='http://host:19530'"
-            ) from None
-        _LITE.acquire(str(path))
-        self._lite_acquired = True
-        try:
-            return client_cls(uri=str(path), timeout=connect_timeout)
+            return client_cls(uri=f"http://127.0.0.1:{port}", timeout=connect_timeout, dedicated=True)
         except Exception as exc:
-            self._release_lite()
-            raise BackendUnavailableError(
-                f"cannot open the {self.target.describe()} ({_message(exc)}); milvus-lite lets one process at "
-                f"a time use a database: if another process holds it, pass path= or set ${PATH_ENV}"
-            ) from None
-
-    def _release_lite(self) -> None:
-        if self._lite_acquired:
-            self._lite_acquired = False
-            _LITE.release(str(self.target.path))
+            raise BackendError(f"cannot connect to {self.describe()}: {self.message(exc)}") from None
 
     # -- calls ------------------------------------------------------------------------
     def call(self, what: str, fn: Callable[..., T], *args: Any, collection: str | None = None, **kwargs: Any) -> T:
         """Run ``client.<fn>`` with the timeout; translate any failure into a core error."""
         if self._client is None:
-            raise BackendError(f"the connection to {self.target.describe()} is closed")
+            raise BackendError(f"the connection to {self.describe()} is closed")
         kwargs.setdefault("timeout", self.timeout)
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
             raise self.error(what, exc, collection) from None
 
+    def message(self, exc: BaseException) -> str:
+        """``exc`` as one line without credentials."""
+        return scrub(_message(exc), self.target.secrets)
+
     def error(self, what: str, exc: BaseException, collection: str | None = None) -> BackendError:
         """The core error for ``exc`` raised while doing ``what``."""
-        where = self.target.describe() + (f", collection {collection!r}" if collection else "")
+        where = self.describe() + (f", collection {collection!r}" if collection else "")
         if isinstance(exc, BackendError):
             return exc
-        if _is_unavailable(exc) and not self.target.is_lite:
+        if self._host is not None and not self._host.alive:
+            return BackendError(f"{what} failed on {where}: the milvus-lite host process exited")
+        if _is_unavailable(exc) and self.target.is_server:
             return BackendUnavailableError(
-                f"{what} failed: {where} did not answer ({_message(exc)}); check that the server is running"
+                f"{what} failed: {where} did not answer ({self.message(exc)}); check that the server is running"
             )
-        return BackendError(f"{what} failed on {where}: {_message(exc)}")
+        return BackendError(f"{what} failed on {where}: {self.message(exc)}")
+
+    def describe(self) -> str:
+        """Where the data is (for messages): the server, or the milvus-lite directory."""
+        if self.private is not None:
+            return f"private milvus-lite database {self.private.data_dir}"
+        return self.target.describe()
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            raise BackendError(f"the connection to {self.target.describe()} is closed")
+            raise BackendError(f"the connection to {self.describe()} is closed")
         return self._client
+
+    @property
+    def collection_root(self) -> Path:
+        """The directory milvus-lite keeps collections in (embedded databases only)."""
+        if self._data_dir is None:
+            raise BackendError(f"{self.describe()} is not an embedded database")
+        return self._data_dir / "collections"
 
     def server_version(self) -> str | None:
         try:
@@ -320,11 +404,21 @@ class Connection:
         except Exception:
             return None
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Close the client; stop serving the embedded database (deleting a private one). Idempotent.
+
+        ``wait=False`` (an interrupted build) returns at once: the host
+        process stops the database in the background.
+        """
         client, self._client = self._client, None
         if client is not None:
             try:
                 client.close()
             except Exception:  # pragma: no cover
                 logger.debug("closing the pymilvus client failed", exc_info=True)
-        self._release_lite()
+        host, self._host = self._host, None
+        if host is not None and self._data_dir is not None:
+            host.close(self._data_dir, wait=wait)
+        private, self.private = self.private, None
+        if private is not None:
+            private.release()

@@ -31,9 +31,25 @@ SERVER_TOKEN = "root:Milvus"  # the test server runs with authentication on
 START_TIMEOUT = 180
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_work_root(tmp_path_factory):
+    """Private milvus-lite databases of the tests go to a temporary work root, not ~/.cache."""
+    root = tmp_path_factory.mktemp("milvus-work")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECHUB_MILVUS_WORKDIR", str(root))
+    yield root
+    mp.undo()
+
+
+@pytest.fixture
+def work_root(_private_work_root) -> Path:
+    """The work root of private databases (shared by the session; check entries by name)."""
+    return _private_work_root
+
+
 @pytest.fixture(scope="module")
 def lite_db(tmp_path_factory) -> Path:
-    """A fresh milvus-lite database file per test module."""
+    """A fresh milvus-lite database (the user's own, path=) per test module."""
     return tmp_path_factory.mktemp("milvus-lite") / "milvus.db"
 
 

@@ -6,10 +6,16 @@ namespace; these tests are marked ``server`` and run with plain ``pytest``.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from rechub_serving_milvus import open_collection
 
 from rechub_serving import (
     BackendError,
@@ -19,6 +25,8 @@ from rechub_serving import (
     open_index,
 )
 from rechub_serving.testing import BackendConformance, clustered_data, true_distances
+
+HERE = Path(__file__).parent
 
 pytestmark = pytest.mark.server
 
@@ -39,6 +47,26 @@ class TestServerConformance(BackendConformance):
 
     def make_builder(self, **params):
         return builder_factory(self.backend, **self.server.params, **{**self.params, **params})
+
+    def test_per_call_search_parameter_takes_effect(self):
+        """The suite's check, after the server settles: Milvus 2.3.5 answers the first searches after a
+        load from a transient state (slightly different top-k at a low ef), then the same ever after."""
+        rng = np.random.default_rng(5)
+        items = rng.normal(size=(2000, self.dim)).astype(np.float32)
+        queries = rng.normal(size=(50, self.dim)).astype(np.float32)
+        with self.make_builder(metric="l2").from_embeddings(items) as index:
+            previous = None
+            for _ in range(10):
+                current = np.asarray(index.query(queries, self.k, ef_search=16).indices)
+                if previous is not None and np.array_equal(previous, current):
+                    break
+                previous = current
+                time.sleep(0.5)
+            at_low = np.asarray(index.query(queries, self.k, ef_search=16).indices)
+            at_high = np.asarray(index.query(queries, self.k, ef_search=512).indices)
+            assert not np.array_equal(at_low, at_high)
+            index.set_search_defaults(ef_search=16)
+            np.testing.assert_array_equal(np.asarray(index.query(queries, self.k).indices), at_low)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
@@ -91,18 +119,18 @@ def test_dimension_mismatch_and_missing_collection(milvus_server, tmp_path):
     with b.from_embeddings(np.eye(4, dtype=np.float32)) as index:
         index.save(tmp_path / "idx")
     with pytest.raises(DimensionMismatchError) as info:
-        builder_factory("milvus", dim=5, **milvus_server.params).open_collection("rechub_dim_check")
+        open_collection("rechub_dim_check", dim=5, **milvus_server.params)
     assert "rechub_dim_check" in str(info.value) and milvus_server.uri in str(info.value)
-    with builder_factory("milvus", **milvus_server.params).open_collection("rechub_dim_check") as index:
-        index._conn.client.drop_collection("rechub_dim_check")
+    with open_collection("rechub_dim_check", **milvus_server.params) as index:
+        index.engine._conn.client.drop_collection("rechub_dim_check")
     with pytest.raises(BackendError, match=r"rechub_dim_check.*does not exist"):
-        open_index(tmp_path / "idx", **milvus_server.params)
+        builder_factory("milvus", **milvus_server.params).from_index_file(tmp_path / "idx")
 
 
 def test_server_stopped_mid_batch_then_restarted_serves_the_saved_index(milvus_server, tmp_path):
     if not milvus_server.restartable:
         pytest.skip("RECHUB_MILVUS_URI points at a server these tests cannot stop")
-    from rechub_serving_milvus import _backend
+    from rechub_serving_milvus import _engine
 
     items, queries = clustered_data(2000, 16, seed=0), clustered_data(300, 16, seed=1)
     b = builder_factory(
@@ -111,7 +139,8 @@ def test_server_stopped_mid_batch_then_restarted_serves_the_saved_index(milvus_s
     index = b.from_embeddings(items)
     expected = index.query(queries, 10)
     index.save(tmp_path / "idx")
-    original = index._conn.call
+    conn = index.engine._conn
+    original = conn.call
     calls = []
 
     def stop_after_first_batch(what, fn, *args, **kwargs):
@@ -122,21 +151,100 @@ def test_server_stopped_mid_batch_then_restarted_serves_the_saved_index(milvus_s
                 milvus_server.stop()
         return result
 
-    index._conn.call = stop_after_first_batch
+    conn.call = stop_after_first_batch
     start = time.monotonic()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_backend, "MAX_NQ", 100)  # 3 requests: the server dies after the first
+            mp.setattr(_engine, "MAX_NQ", 100)  # 3 requests: the server dies after the first
             with pytest.raises(BackendUnavailableError) as info:
                 index.query(queries, 10)
         elapsed = time.monotonic() - start
         assert elapsed < 60, f"the failure took {elapsed:.0f}s to surface"
-        assert milvus_server.uri in str(info.value) and index.collection in str(info.value)
+        assert milvus_server.uri in str(info.value) and index.engine.collection in str(info.value)
     finally:
-        index._conn.call = original
+        conn.call = original
         index.close()
         milvus_server.start()
-    with open_index(tmp_path / "idx", **milvus_server.params) as again:
+    with builder_factory("milvus", **milvus_server.params).from_index_file(tmp_path / "idx") as again:
         res = again.query(queries, 10)
         np.testing.assert_array_equal(res.indices, expected.indices)
         np.testing.assert_allclose(res.distances, expected.distances, rtol=1e-4, atol=1e-4)
+
+
+# -- the SDK's collections on a server: marks, list/drop, --overwrite --------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rechub_serving.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _states(server, saved: Path) -> dict[str, str]:
+    result = _cli("milvus", "list", "--uri", server.uri, "--search", str(saved), "--json")
+    assert result.returncode == 0, result.stderr
+    return {c["name"]: c["state"] for c in json.loads(result.stdout)["collections"]}
+
+
+@pytest.mark.slow
+def test_collections_are_marked_and_listed_and_only_the_sdks_are_dropped(milvus_server, tmp_path, monkeypatch):
+    if milvus_server.token:
+        monkeypatch.setenv("RECHUB_MILVUS_TOKEN", milvus_server.token)
+    uri, saved = milvus_server.uri, tmp_path / "saved"
+    subprocess.run(
+        [sys.executable, str(HERE / "_handmade.py"), "hand_made", "--uri", uri, "--token", milvus_server.token],
+        check=True,
+    )
+    items = clustered_data(50, 8, seed=0)
+    with builder_factory("milvus", index_type="FLAT", uri=uri).from_embeddings(items) as index:
+        index.save(saved / "idx")  # the collection is kept and referenced
+        kept = index.engine.collection
+        props = index.engine._conn.client.describe_collection(kept)["properties"]
+        assert props["rechub.sdk"] == "rechub-serving-milvus" and props["rechub.temporary"] == "false"
+        assert kept.startswith("rechub_") and props["rechub.owner"].startswith(f"{os.getpid()}@")
+    child = subprocess.Popen(
+        [sys.executable, str(HERE / "_child.py"), "build", "--uri", uri, "--n", "50", "--hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and '"built"' in child.stdout.readline() + child.stdout.readline()
+    child.kill()  # SIGKILL: nobody drops its temporary collection
+    child.wait()
+    states = _states(milvus_server, saved)
+    dead = [name for name, state in states.items() if state == "dead owner"]
+    assert len(dead) == 1 and states[kept] == "referenced" and states["hand_made"] == "not the SDK's"
+    refused = _cli("milvus", "drop", "hand_made", "--uri", uri, "--force")
+    assert refused.returncode == 1 and "not created by rechub-serving" in refused.stderr
+    assert _cli("milvus", "drop", "--dead", "--unreferenced", "--uri", uri, "--search", str(saved)).returncode == 0
+    states = _states(milvus_server, saved)
+    assert dead[0] not in states and states[kept] == "referenced" and "hand_made" in states
+    with open_index(saved / "idx") as again:
+        assert len(again) == 50
+
+
+@pytest.mark.slow
+def test_overwrite_drops_the_collection_it_replaces(milvus_server, tmp_path, monkeypatch):
+    if milvus_server.token:
+        monkeypatch.setenv("RECHUB_MILVUS_TOKEN", milvus_server.token)
+    np.save(tmp_path / "items.npy", clustered_data(60, 8, seed=0))
+    build = ["build", str(tmp_path / "items.npy"), "-o", str(tmp_path / "idx"), "-b", "milvus"]
+    build += ["-p", f"uri={milvus_server.uri}", "-p", "index_type=FLAT"]
+    assert _cli(*build).returncode == 0
+    first = json.loads((tmp_path / "idx" / "manifest.json").read_text())["engine"]["collection"]
+    result = _cli(*build, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    second = json.loads((tmp_path / "idx" / "manifest.json").read_text())["engine"]["collection"]
+    assert first != second
+    from rechub_serving_milvus.inventory import list_collections
+
+    states = {c.name: c.state for c in list_collections(uri=milvus_server.uri, search=[tmp_path])}
+    assert first not in states and states[second] == "referenced"
+
+
+def test_nprobe_above_nlist_is_clamped_on_the_server(milvus_server):
+    """Milvus refuses nprobe > nlist; the plugin clamps, as on milvus-lite and in the faiss plugin."""
+    items, queries = clustered_data(300, 8, seed=0), clustered_data(5, 8, seed=1)
+    b = builder_factory("milvus", index_type="IVF_FLAT", nlist=4, nprobe=50, metric="ip", **milvus_server.params)
+    with b.from_embeddings(items) as index:
+        np.testing.assert_array_equal(index.query(queries, 5).indices, index.query(queries, 5, nprobe=4).indices)
+        ref = builder_factory("numpy", metric="ip").from_embeddings(items).query(queries, 5)
+        np.testing.assert_array_equal(index.query(queries, 5).indices, ref.indices)
