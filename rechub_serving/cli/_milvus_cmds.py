@@ -73,7 +73,10 @@ def release_replaced(
 
 def register(app: typer.Typer) -> None:
     """Add the ``milvus`` command group to ``app``."""
-    milvus = typer.Typer(
+    # the app's own classes: flags shown without a type, -h as --help
+    milvus = type(app)(
+        cls=app.info.cls,
+        context_settings={"help_option_names": ["-h", "--help"]},
         help="The Milvus plugin's collections and embedded databases: list, drop, convert 0.1 saved indexes.",
         no_args_is_help=True,
     )

@@ -129,7 +129,7 @@ class CollectionInfo:
 
 
 def create_collection(conn: Connection, name: str, kind: str, dim: int, consistency: str, temporary: bool) -> None:
-    from pymilvus import DataType, MilvusClient  # type: ignore[import-untyped]
+    from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     if kind == "int":
@@ -278,7 +278,7 @@ def drop_quietly(conn: Connection, name: str, timeout: float | None = None) -> N
 
 def _progress(total: int, enabled: bool | None, what: str) -> Any:
     try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from tqdm.auto import tqdm
     except ImportError:
         return None
     disable = None if enabled is None else not enabled  # None: tqdm hides itself without a terminal

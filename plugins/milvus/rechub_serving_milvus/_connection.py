@@ -265,7 +265,7 @@ class Connection:
         self._host: LiteHost | None = None
         self._data_dir: Path | None = None
         try:
-            from pymilvus import MilvusClient  # type: ignore[import-untyped]
+            from pymilvus import MilvusClient
         except ImportError as exc:  # pragma: no cover - dependency missing
             raise BackendUnavailableError(
                 f"the milvus backend needs pymilvus (pip install rechub-serving-milvus): {exc}"

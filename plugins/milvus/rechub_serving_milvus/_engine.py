@@ -205,11 +205,11 @@ class MilvusEngine(Engine):
             raise InvalidInputError(f"Milvus returns at most {MAX_TOPK} results per query; k={k} is too large")
         search = self._search_params(params, k)
         if self._gate is None:
-            return self._search(queries, k, search, exclude)
+            return self._run_search(queries, k, search, exclude)
         with self._gate.enter(tuple(search["params"].items())):
-            return self._search(queries, k, search, exclude)
+            return self._run_search(queries, k, search, exclude)
 
-    def _search(
+    def _run_search(
         self, queries: np.ndarray, k: int, search: dict[str, Any], exclude: Sequence[np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         if exclude is None or not any(len(r) for r in exclude):

@@ -87,7 +87,7 @@ class LiteHost:
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
         self.alive = False
         try:
-            import milvus_lite  # type: ignore[import-untyped]  # noqa: F401  (fail here with the install hint)
+            import milvus_lite  # noqa: F401  (fail here with the install hint)
         except ImportError:
             raise BackendUnavailableError(
                 "no uri= was given, so the milvus backend uses an embedded milvus-lite database, but milvus-lite "

@@ -92,11 +92,11 @@ def _serve(data_dir: str) -> tuple[Any, Any, int]:
     """milvus-lite's gRPC server over ``data_dir`` on a loopback port: (server, database, port)."""
     from concurrent import futures
 
-    import grpc  # type: ignore[import-untyped]
-    from milvus_lite.adapter.grpc import server as lite_server  # type: ignore[import-untyped]
-    from milvus_lite.adapter.grpc.servicer import MilvusServicer  # type: ignore[import-untyped]
-    from milvus_lite.db import MilvusLite  # type: ignore[import-untyped]
-    from pymilvus.grpc_gen import milvus_pb2_grpc  # type: ignore[import-untyped]
+    import grpc
+    from milvus_lite.adapter.grpc import server as lite_server
+    from milvus_lite.adapter.grpc.servicer import MilvusServicer
+    from milvus_lite.db import MilvusLite
+    from pymilvus.grpc_gen import milvus_pb2_grpc
 
     db = MilvusLite(data_dir)
     try:
@@ -202,8 +202,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _shutdown)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        import milvus_lite  # type: ignore[import-untyped]
-        from milvus_lite.adapter.grpc import server  # type: ignore[import-untyped]  # noqa: F401  (slow: before "ready")
+        import milvus_lite
+        from milvus_lite.adapter.grpc import server  # noqa: F401  (slow: before "ready")
     except Exception as exc:
         _reply({"id": 0, "ok": False, "error": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
         os._exit(1)
