@@ -305,14 +305,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         _settle(request)
         endpoint = endpoint_label(request.url.path)
         state.count_error(endpoint, exc.kind)
-        if exc.status >= 500:
-            logger.warning(
-                "%s %s: %s", exc.status, exc.kind, exc.message, extra={"kind": exc.kind, "endpoint": endpoint}
-            )
-        else:
-            logger.debug(
-                "rejected: %s", exc.message, extra={"kind": exc.kind, "field": exc.field, "endpoint": endpoint}
-            )
+        exc.log(endpoint)
         return _json(exc.status, exc.body(), exc.headers)
 
     fields = {

@@ -116,6 +116,34 @@ def _single_job_errors(run: Callable[[ModelStore, RecallMonitor | None, list[Job
     return wrapped
 
 
+def _k_within(k: int, count: int) -> int:
+    """``k``, at most the index's size (an empty index keeps ``k``: the query pads)."""
+    return min(k, count) if count else k
+
+
+def _bodies(
+    sizes: list[int],
+    ids: np.ndarray,
+    values: np.ndarray,
+    keep: np.ndarray,
+    key: str,
+    tail: bytes,
+    sample: Callable[[slice], None],
+) -> list[bytes]:
+    """One JSON body per job of a group: its rows of ``ids`` and ``values`` (under ``key``) where ``keep``.
+
+    ``sizes`` are the jobs' row counts in order; ``sample`` gets each job's rows for the recall monitor.
+    """
+    out, start = [], 0
+    for n in sizes:
+        part = slice(start, start + n)
+        body = [{"ids": ids[i][keep[i]].tolist(), key: values[i][keep[i]].tolist()} for i in range(start, start + n)]
+        out.append(b'{"results": ' + json.dumps(body).encode() + tail)
+        sample(part)
+        start += n
+    return out
+
+
 @_single_job_errors
 def run_recommend(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]) -> list[Any]:
     """Answer a batch of recommend requests: a JSON body (bytes) or a :class:`RequestError` per job."""
@@ -145,25 +173,15 @@ def run_recommend(store: ModelStore, monitor: RecallMonitor | None, jobs: list[J
                         hist.extend([[]] * n)
                         seen.extend([None] * n)
                 exclude = retriever.exclusions(len(rows), hist, seen)
-            k = payloads[0].k
-            count = len(model.index)
-            k_eff = min(k, count) if count else k
+            k_eff = _k_within(payloads[0].k, len(model.index))
             group_vectors = vectors[rows]
             result = model.index.query(group_vectors, k_eff, exclude=exclude, **payloads[0].params)
             ids, scores = np.asarray(result.indices), np.asarray(result.scores, dtype=np.float32)
-            keep = np.isfinite(scores)
-            out, start = [], 0
-            for j in members:
-                n = jobs[j].size
-                part = slice(start, start + n)
-                body = [
-                    {"ids": ids[i][keep[i]].tolist(), "scores": scores[i][keep[i]].tolist()}
-                    for i in range(part.start, part.stop)
-                ]
-                out.append(b'{"results": ' + json.dumps(body).encode() + head)
-                _sample(monitor, model, group_vectors[part], k_eff, exclude[part] if exclude else None, ids[part])
-                start += n
-            return out
+            return _bodies(
+                [jobs[j].size for j in members], ids, scores, np.isfinite(scores), "scores", head,
+                lambda part: _sample(monitor, model, group_vectors[part], k_eff, exclude[part] if exclude else None,
+                                     ids[part]),
+            )  # fmt: skip
 
         return _query_groups(jobs, run_group)
 
@@ -182,24 +200,14 @@ def run_search(store: ModelStore, monitor: RecallMonitor | None, jobs: list[Job]
                 exclude = []
                 for j, p in zip(members, payloads):
                     exclude.extend(list(r or []) for r in (p.exclude or [None] * jobs[j].size))
-            k = payloads[0].k
-            count = len(model.index)
-            k_eff = min(k, count) if count else k
+            k_eff = _k_within(payloads[0].k, len(model.index))
             result = model.index.query(vectors, k_eff, exclude=exclude, **payloads[0].params)
             ids, dists = np.asarray(result.indices), np.asarray(result.distances, dtype=np.float32)
-            keep = _valid(ids) & np.isfinite(dists)
-            out, start = [], 0
-            for j in members:
-                n = jobs[j].size
-                part = slice(start, start + n)
-                body = [
-                    {"ids": ids[i][keep[i]].tolist(), "distances": dists[i][keep[i]].tolist()}
-                    for i in range(part.start, part.stop)
-                ]
-                out.append(b'{"results": ' + json.dumps(body).encode() + tail)
-                _sample(monitor, model, vectors[part], k_eff, exclude[part] if exclude else None, ids[part])
-                start += n
-            return out
+            return _bodies(
+                [jobs[j].size for j in members], ids, dists, _valid(ids) & np.isfinite(dists), "distances", tail,
+                lambda part: _sample(monitor, model, vectors[part], k_eff, exclude[part] if exclude else None,
+                                     ids[part]),
+            )  # fmt: skip
 
         return _query_groups(jobs, run_group)
 

@@ -10,6 +10,7 @@ the process.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -32,6 +33,9 @@ class SwapRefusedError(RechubError):
     """A new model or index was refused; the serving generation stays."""
 
 
+_logger = logging.getLogger("rechub_serving.serve")
+
+
 class RequestError(RechubError):
     """A request the server will not answer: an HTTP status, a ``kind``, the ``field`` and a message."""
 
@@ -52,6 +56,17 @@ class RequestError(RechubError):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.kind, self.message, self.field)
+
+    def log(self, endpoint: str) -> None:
+        """Log this refusal: a warning for a server-side failure (5xx), debug for a rejected request."""
+        if self.status >= 500:
+            _logger.warning(
+                "%s %s: %s", self.status, self.kind, self.message, extra={"kind": self.kind, "endpoint": endpoint}
+            )
+        else:
+            _logger.debug(
+                "rejected: %s", self.message, extra={"kind": self.kind, "field": self.field, "endpoint": endpoint}
+            )
 
 
 def error_body(kind: str, message: str, field: str | None = None) -> dict[str, Any]:

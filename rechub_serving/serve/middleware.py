@@ -114,14 +114,7 @@ class ServeMiddleware:
             content = await answer(body)
         except RequestError as exc:
             self.on_error(endpoint, exc.kind)
-            if exc.status >= 500:
-                logger.warning(
-                    "%s %s: %s", exc.status, exc.kind, exc.message, extra={"kind": exc.kind, "endpoint": endpoint}
-                )
-            else:
-                logger.debug(
-                    "rejected: %s", exc.message, extra={"kind": exc.kind, "field": exc.field, "endpoint": endpoint}
-                )
+            exc.log(endpoint)
             await _send(send, exc.status, json.dumps(exc.body()).encode(), exc.headers)
             return
         except Exception:
