@@ -46,7 +46,7 @@ def _replay_index(metric: str, batch: int):
         from rechub_serving.testing import mock_backend
 
         search_params = (rs.Param("ef_search", int, None, "replayed", minimum=1, maximum=1 << 16, search=True),)
-        backend = mock_backend(replay, name="replay")
+        backend = mock_backend(replay, name="replay", record=False)
         backend.params = search_params
         return rs.Builder(backend, metric=metric).from_embeddings(items), replay
 

@@ -320,6 +320,11 @@ def main(argv: list[str] | None = None) -> None:
         help="a directory holding uvloop and httptools (pip install --target DIR uvloop httptools): "
         "adds a micro-batching server that uses them",
     )  # fmt: skip
+    parser.add_argument(
+        "--extra-mode", action="append", default=[], metavar="NAME=ARGS",
+        help="another server configuration beside the two, e.g. 'micro-batching, 2 compute threads=--compute-threads 2'",
+    )  # fmt: skip
+    parser.add_argument("--only", default=None, help="only the index whose name contains this (numpy, HNSW)")
     parser.add_argument("--load-worker", nargs=5, metavar=("URL", "CLIENTS", "SECONDS", "BODIES", "CLIENT"))
     args = parser.parse_args(argv)
     if args.load_worker:
@@ -344,9 +349,14 @@ MODES = {"micro-batching": [], "one at a time": ["--max-batch", "1"]}
 def run_all(work: Path, args: argparse.Namespace, clients: list[int]) -> str:
     started = time.perf_counter()
     modes = {mode: (extra, "") for mode, extra in MODES.items()}
+    for spec in args.extra_mode:
+        name, _, extra_args = spec.partition("=")
+        modes[name] = (extra_args.split(), "")
     if args.uvicorn_standard:  # the same server on uvloop + httptools (uvicorn[standard]), from that directory
         modes["micro-batching, uvicorn[standard]"] = ([], str(args.uvicorn_standard))
     models = build_models(work, args.items, args.quick)
+    if args.only:
+        models = {name: path for name, path in models.items() if args.only.lower() in name.lower()}
     bodies = request_bodies(next(iter(models.values())), 2000)
     bodies_file = work / "bodies.json"
     bodies_file.write_text(json.dumps(bodies))

@@ -467,7 +467,11 @@ class Indexer:
     def _call_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Per-call search parameters, validated once per distinct set of values."""
         try:
-            key: Any = tuple(sorted((name, type(value), value) for name, value in given.items()))
+            if len(given) == 1:  # the common case: one parameter, no sort
+                ((name, value),) = given.items()
+                key: Any = (name, type(value), value)
+            else:
+                key = tuple(sorted((name, type(value), value) for name, value in given.items()))
             cached = self._param_cache.get(key)
         except TypeError:  # an unhashable value: resolve (and reject) without caching
             key, cached = None, None

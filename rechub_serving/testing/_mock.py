@@ -24,12 +24,14 @@ Handler = Callable[[np.ndarray, int, Mapping[str, Any]], tuple[np.ndarray, np.nd
 class MockEngine(Engine):
     """Holds the vectors (for ``dim`` and ``len``) and answers every search with ``handler``.
 
-    ``calls`` records ``(queries, k, params, exclude)`` of each search.
+    ``calls`` records ``(queries, k, params, exclude)`` of each search (unless
+    ``record`` is False: a benchmark's million calls would keep a million query arrays).
     """
 
-    def __init__(self, vectors: np.ndarray, handler: Handler):
+    def __init__(self, vectors: np.ndarray, handler: Handler, record: bool = True):
         self.vectors = vectors
         self.handler = handler
+        self.record = record
         self.calls: list[tuple[np.ndarray, int, Mapping[str, Any], Sequence[np.ndarray] | None]] = []
 
     @property
@@ -40,12 +42,17 @@ class MockEngine(Engine):
         return len(self.vectors)
 
     def search(self, queries, k, params, exclude):
-        self.calls.append((queries, k, params, exclude))
+        if self.record:
+            self.calls.append((queries, k, params, exclude))
         return self.handler(queries, k, params)
 
 
-def mock_backend(handler: Handler, name: str = "mock", capabilities: Capabilities | None = None) -> type[Backend]:
+def mock_backend(
+    handler: Handler, name: str = "mock", capabilities: Capabilities | None = None, record: bool = True
+) -> type[Backend]:
     """A Backend class whose engines answer with ``handler(queries, k, params) -> (labels, distances)``.
+
+    ``record=False``: the engines keep no ``calls`` (for benchmarks).
 
     ``distances`` are in the metric table's meaning. Not registered anywhere:
     use it with ``Builder(backend, ...)`` or ``registered_plugin(backend)``.
@@ -53,7 +60,7 @@ def mock_backend(handler: Handler, name: str = "mock", capabilities: Capabilitie
 
     class MockBackend(Backend):
         def build(self, vectors: np.ndarray, config: BackendConfig, ids: np.ndarray | None = None) -> MockEngine:
-            return MockEngine(vectors, handler)
+            return MockEngine(vectors, handler, record)
 
         def load(self, files: EngineFiles, config: BackendConfig) -> MockEngine:
             raise UnsupportedOperation("a mock backend cannot load saved indexes")
