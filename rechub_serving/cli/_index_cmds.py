@@ -348,6 +348,7 @@ def _render_manifest(path: Path, manifest: dict[str, Any], params: dict[str, Any
             ("count", manifest["count"]),
             ("build parameters", _params_text({n: values.get(n) for n in build_names})),
             ("search parameters", _params_text({n: values.get(n) for n in search_names})),
+            ("recall", _recall_note(manifest)),
             ("ids", id_text),
             ("engine info", _params_text(manifest.get("engine") or {})),
             ("files", f"{len(files)} ({format_bytes(total)})"),
@@ -357,6 +358,23 @@ def _render_manifest(path: Path, manifest: dict[str, Any], params: dict[str, Any
     if not state.quiet:
         rows = [[name, format_bytes(f.get("size")), str(f.get("sha256", ""))[:16]] for name, f in files.items()]
         print_table(None, ["file", "size", "sha256"], rows)
+
+
+def _recall_note(manifest: dict[str, Any]) -> str:
+    """What the search defaults trade: exact, or the recall they were chosen for and what to raise for more."""
+    try:
+        builder = get_backend(manifest["backend"]).builder(metric=manifest["metric"], **(manifest.get("params") or {}))
+        exact, space = builder.capabilities.exact, list(builder.tune_space())
+    except RechubError:
+        return "-"
+    if exact:
+        return "exact: every result equals exhaustive search"
+    knobs = " or ".join(space) or "the search parameters"
+    return (
+        "approximate: the search defaults are the fastest measured to reach recall@10 >= 0.95 on clustered "
+        f"benchmark data (docs/benchmarks/); raise {knobs} per call, or run `rechub-index tune` on your data, "
+        "for more recall at a lower speed"
+    )
 
 
 def _info_adopted(path: Path, backend: str) -> None:

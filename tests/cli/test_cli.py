@@ -330,6 +330,15 @@ def test_info_readable_json_and_damaged(built):
     assert invoke("info", tmp).exit_code == 1  # a directory that is not an index
 
 
+def test_info_shows_what_the_search_defaults_trade(built):
+    tmp, *_ = built
+    assert "exact: every result equals exhaustive search" in " ".join(invoke("info", tmp / "idx").stdout.split())
+    pytest.importorskip("rechub_serving_hnswlib")
+    assert invoke("build", tmp / "emb.npy", "-o", tmp / "hnsw", "-b", "hnswlib").exit_code == 0
+    text = " ".join(invoke("info", tmp / "hnsw").stdout.replace("│", " ").split())
+    assert "approximate" in text and "recall@10 >= 0.95" in text and "raise ef_search per call" in text
+
+
 # -- bench ------------------------------------------------------------------------------------------
 def test_bench_numpy_report_and_json(data):
     tmp, *_ = data
