@@ -128,14 +128,18 @@ class Config:
     note: str = ""
 
 
-def annoy_defaults(n: int) -> tuple[int, int]:
-    """Our annoy defaults for ``n`` items, as documented by the plugin's parameters (n_trees, search_k)."""
-    n_trees = max(10, min(50, n // 2000))
-    return n_trees, max(n_trees * K, math.ceil(6.0 * K * math.sqrt(n)))
+def annoy_defaults(items: np.ndarray) -> tuple[int, int]:
+    """Our annoy defaults on these items (n_trees, search_k at k=10), as the plugin resolves them."""
+    from rechub_serving import builder_factory
+
+    with builder_factory("annoy", metric="cosine").from_embeddings(items) as index:
+        return int(index.params["n_trees"]), int(index.params["search_k"])
 
 
-def make_configs(n: int, dim: int, which: set[str]) -> list[Config]:
+def make_configs(items: np.ndarray, which: set[str]) -> list[Config]:
     from torch_rechub.serving import builder_factory as trh_factory
+
+    dim = items.shape[1]
 
     configs = []
     if "flat" in which:
@@ -222,7 +226,7 @@ def make_configs(n: int, dim: int, which: set[str]) -> list[Config]:
             )
         )
     if "annoy" in which:
-        n_trees, search_k = annoy_defaults(n)
+        n_trees, search_k = annoy_defaults(items)
         configs.append(
             Config(
                 "annoy (angular / cosine)",
@@ -518,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
             truths[metric] = ground_truth(items_np, queries_np, K, metric)[0]
         return truths[metric]
 
-    configs = make_configs(args.n, args.dim, set(args.configs.split(",")))
+    configs = make_configs(items_np, set(args.configs.split(",")))
     for config in configs:
         print(config.name, flush=True)
         run_config(config, items, queries, truth(config.metric), args)

@@ -32,7 +32,7 @@ with builder.from_embeddings(vectors) as index:
     index.save(sys.argv[1])
 saved = open_index(sys.argv[1])
 temporary = builder.from_embeddings(vectors)
-assert saved.query(vectors[:3], 5).ids.shape == (3, 5)
+assert saved.query(vectors[:3], 5).indices.shape == (3, 5)
 print("holding", flush=True)
 sys.stdin.read()  # until the parent closes our stdin
 temporary.close()
