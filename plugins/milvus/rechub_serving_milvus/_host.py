@@ -30,7 +30,7 @@ from typing import Any
 
 from rechub_serving import BackendError, BackendUnavailableError
 
-from ._private import sweep
+from ._private import remove_leftovers, sweep
 
 __all__ = ["HostError", "LiteHost"]
 
@@ -201,8 +201,12 @@ class LiteHost:
             logger.debug("closing %s in the milvus-lite host failed: %s", data_dir, exc)
 
     # -- stopping ---------------------------------------------------------------------------------
-    def shutdown(self, timeout: float = 15.0) -> None:
-        """Close the host's stdin: it deletes private databases, closes the others and exits."""
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Close the host's stdin: it deletes private databases, closes the others and exits.
+
+        A host that has not exited within ``timeout`` (milvus-lite busy in an index build) is
+        killed; then what is left of this process's private databases is deleted here.
+        """
         if self.owner_pid != os.getpid():
             return
         self.alive = False
@@ -213,7 +217,9 @@ class LiteHost:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            logger.debug("the milvus-lite host did not exit within %gs: killing it", timeout)
             self._kill()
+        remove_leftovers()
 
     def _kill(self) -> None:
         self.alive = False

@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +43,22 @@ _closing: dict[str, threading.Event] = {}  # data dir -> set when its last close
 _reply_lock = threading.Lock()
 _reply_fd = -1
 _exiting = threading.Event()
+_doomed: set[str] = set()  # private directories to delete: again after their database closes, and after we exit
+
+# Run detached when the host exits: waits for the host's pid to go, then deletes what a milvus-lite
+# worker thread may have written into a private directory after it was deleted.
+_REAPER = """
+import os, shutil, sys, time
+pid, end = int(sys.argv[1]), time.monotonic() + 120
+while time.monotonic() < end:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        break
+    time.sleep(0.05)
+for path in sys.argv[2:]:
+    shutil.rmtree(path, ignore_errors=True)
+"""
 
 
 def _reply(message: dict[str, Any]) -> None:
@@ -117,15 +134,38 @@ def _stop(entry: dict[str, Any], *, wait: bool) -> None:
     except Exception as exc:
         print(f"stopping a server failed: {exc!r}", file=sys.stderr, flush=True)
     if entry["remove"]:
+        _doomed.add(entry["remove"])
         _remove(entry["remove"])
-        # A worker thread may still be building an index: close the database in the background.
-        threading.Thread(target=_close_db, args=(entry,), daemon=True).start()
+        # A worker thread may still be building an index: close the database in the background,
+        # then delete again what it wrote meanwhile.
+        threading.Thread(target=_close_then_remove, args=(entry,), daemon=True).start()
     elif wait:
         _close_db(entry)
     else:
         closer = threading.Thread(target=_close_db, args=(entry,), daemon=True)
         closer.start()
         closer.join(10.0)
+
+
+def _close_then_remove(entry: dict[str, Any]) -> None:
+    _close_db(entry)
+    _remove(entry["remove"])
+
+
+def _spawn_reaper(paths: list[str]) -> None:
+    """Delete ``paths`` once this process is gone (its milvus-lite threads die with it)."""
+    if not paths:
+        return
+    try:
+        subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid()), *paths],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        print(f"cannot start the cleaner of {paths}: {exc!r}", file=sys.stderr, flush=True)
 
 
 def _close_db(entry: dict[str, Any]) -> None:
@@ -182,6 +222,7 @@ def _shutdown(*_: Any) -> None:
         _served.clear()
     for entry in entries:
         _stop(entry, wait=False)
+    _spawn_reaper(sorted(_doomed))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # never wait for milvus-lite's worker threads

@@ -97,6 +97,17 @@ def _try_lock(path: Path) -> int | None:
 
 
 # -- private databases ---------------------------------------------------------------------------
+_MINE: set[Path] = set()  # every private database this process created
+
+
+def remove_leftovers() -> None:
+    """Delete what is left of this process's private databases (at exit, once the host is gone)."""
+    for root in list(_MINE):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            _MINE.discard(root)
+
+
 class PrivateDatabase:
     """A private milvus-lite data directory owned by this process (see the module docstring)."""
 
@@ -107,6 +118,7 @@ class PrivateDatabase:
             stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
             self.root = base / f"{os.getpid()}-{stamp}-{uuid.uuid4().hex[:8]}"
             self.root.mkdir()
+            _MINE.add(self.root)
             lock = self.root / OWNER_LOCK
             lock.touch()
             self._lock_fd: int | None = os.open(lock, os.O_RDWR)
