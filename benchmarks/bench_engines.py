@@ -311,12 +311,13 @@ def run_size(n: int, metric: str, faiss_mode: str | None, args: argparse.Namespa
     engines = ["voyager", "usearch"] + (["faiss"] if faiss_mode else [])
 
     # matched parameters: the same graph everywhere
-    rows = []
+    rows, build_rows = [], []
     for backend in engines:
         extra = {"index_type": "HNSW"} if backend == "faiss" and faiss_mode == "sdk" else {}
         built = build(backend, items, metric, faiss_mode, **MATCHED, **extra)
         index, raw = built["index"], Raw(built["index"])
         print(f"{backend} matched: built in {built['build']:.1f} s", flush=True)
+        build_rows.append([backend, f"{built['build']:.1f}", f"{built['rss']:,.0f}", f"{built['file']:,.1f}"])
         for ef in EFS:
             recall, qps = sdk_recall_qps(index, queries, truth, ef, reps)
             kept = raw.set_ef(ef)
@@ -335,7 +336,10 @@ def run_size(n: int, metric: str, faiss_mode: str | None, args: argparse.Namespa
         f"### Matched parameters: M = 16, ef_construction = 128, {metric}\n\n"
         "The same graph parameters on every engine; `ef` per call (Voyager `query_ef`, USearch\n"
         "`expansion_search`, faiss `efSearch`). Raw QPS is the engine's own call on the object the SDK holds.\n"
-        "Single-query latency through the SDK.\n\n" + markdown_table(headers, rows)
+        "Single-query latency through the SDK.\n\n"
+        + markdown_table(headers, rows)
+        + "\n\nThe builds (every core): wall time, growth of this process's resident memory, saved engine files.\n\n"
+        + markdown_table(["engine", "build s", "RSS growth MiB", "engine files MiB"], build_rows)
     )
 
     if n > args.full_up_to:
