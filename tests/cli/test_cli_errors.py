@@ -140,8 +140,8 @@ def test_ctrl_c_in_the_installed_script(tmp_path):
     """A real SIGINT while `query -o` runs: exit 130, one line, no output file and no temporary file."""
     items = clustered_data(2000, 16, seed=0)
     np.save(tmp_path / "items.npy", items)
-    # 400,000 queries, one per call: seconds of work, so the signal always lands inside the loop
-    np.save(tmp_path / "q.npy", np.repeat(items[:50], 8000, axis=0))
+    # 100,000 queries, one per call: a minute of work, so the signal always lands inside the loop
+    np.save(tmp_path / "q.npy", np.repeat(items[:50], 2000, axis=0))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RECHUB_SERVING_PLUGINS": ""}
     cli = [sys.executable, "-m", "rechub_serving.cli"]
     subprocess.run(
