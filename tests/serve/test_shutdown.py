@@ -25,12 +25,22 @@ def big_index(tmp_path_factory):
     return path
 
 
-def in_flight(server) -> float:
-    """Requests the server is handling now, this scrape excluded."""
+def accepted(server, endpoint: str) -> tuple[float, float]:
+    """(in flight, answered) requests to `endpoint`, from one scrape.
+
+    One scrape of one worker reads the request counter before the in-flight
+    gauge (their registration order), and the server lowers the gauge before it raises the counter, so a request that
+    ends meanwhile is counted at most once.
+    """
+    answered = flight = 0.0
     for family in text_string_to_metric_families(server.client.get("/metrics").text):
-        if family.name == "rechub_serve_in_flight_requests":
-            return family.samples[0].value - 1
-    return 0.0
+        if family.name == "rechub_serve_requests":
+            answered = sum(
+                s.value for s in family.samples if s.name.endswith("_total") and s.labels["endpoint"] == endpoint
+            )
+        elif family.name == "rechub_serve_in_flight_requests":
+            flight = family.samples[0].value - 1  # this scrape excluded
+    return flight, answered
 
 
 def search_body(rng, n=8):
@@ -40,19 +50,28 @@ def search_body(rng, n=8):
 def test_sigterm_answers_every_accepted_request_and_exits_0(start_server, big_index):
     server = start_server("--index", big_index, "--max-batch", "16", "--timeout", "300")
     rng = np.random.default_rng(1)
-    bodies = [search_body(rng, 100) for _ in range(10)]  # 100 queries on 100,000 items: a while each
+    bodies = [search_body(rng, 256) for _ in range(10)]  # 256 queries on 100,000 items: a while each
+    clients = [httpx.Client(base_url=server.url, timeout=120) for _ in bodies]  # built before: they send at once
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-        futures = [pool.submit(httpx.post, server.url + "/v1/search", json=b, timeout=120) for b in bodies]
+        futures = [pool.submit(c.post, "/v1/search", json=b) for c, b in zip(clients, bodies, strict=True)]
+        # Signal once every request is accepted (in flight or already answered) and some are still in flight;
+        # waiting for all ten in flight at once raced with the first ones finishing on a fast machine.
         deadline = time.monotonic() + 60
-        while in_flight(server) < len(bodies):
-            assert time.monotonic() < deadline, "the requests never were all in flight at once"
-            time.sleep(0.01)
+        while True:
+            flight, answered = accepted(server, "/v1/search")
+            if flight >= 1 and flight + answered >= len(bodies):
+                break
+            assert answered < len(bodies), "every request was answered before the signal"
+            assert time.monotonic() < deadline, "the requests were never all accepted"
+            time.sleep(0.005)
         server.proc.send_signal(signal.SIGTERM)
         try:  # a probe on a connection the server has not closed yet sees it draining
             assert server.client.get("/ready").status_code == 503
         except httpx.TransportError:
             pass
         responses = [f.result() for f in futures]
+    for c in clients:
+        c.close()
     assert [r.status_code for r in responses] == [200] * len(bodies)
     assert all(len(row["ids"]) == 50 for r in responses for row in r.json()["results"])
     assert server.proc.wait(60) == 0, server.output()
