@@ -35,7 +35,6 @@ at 100,000 x 64), and ``i8`` is made for ``Cos``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,32 +59,15 @@ from rechub_serving import (
     RawDistance,
     UnsupportedOperation,
 )
+from rechub_serving.graph import DEFAULT_EF_SEARCH, SCALE_FROM, search_width
 
 __all__ = ["UsearchBackend", "UsearchEngine"]
 
 INDEX_FILE = "index.usearch"
-DEFAULT_EF_SEARCH = 128  # recall@10 >= 0.95 at 100,000 x 64 on every metric (docs/backends/usearch.md)
-SCALE_FROM = 100_000  # above it the default doubles per tenfold more vectors (256 at 1,000,000: 0.956-0.960)
 KINDS = {Metric.L2: MetricKind.L2sq, Metric.IP: MetricKind.IP, Metric.COSINE: MetricKind.IP}
 METRICS = {MetricKind.L2sq: Metric.L2, MetricKind.IP: Metric.IP, MetricKind.Cos: Metric.COSINE}
 DTYPES = {"f32": ScalarKind.F32, "f16": ScalarKind.F16, "bf16": ScalarKind.BF16, "i8": ScalarKind.I8}
 F16_MAX = 65504.0
-
-
-def default_ef(count: int) -> int:
-    """The default search width over ``count`` vectors: 128 up to 100,000, doubled per tenfold more.
-
-    Measured on clustered 64-d data (docs/benchmarks/engines.md): a fixed 128 gives recall@10 0.88
-    at 1,000,000 vectors, 256 gives 0.96.
-    """
-    if count <= SCALE_FROM:
-        return DEFAULT_EF_SEARCH
-    return round(DEFAULT_EF_SEARCH * 2 ** math.log10(count / SCALE_FROM))
-
-
-def search_width(ef_search: int | None, k: int, count: int) -> int:
-    """Results a query with ``k`` asks USearch for: ``max(ef_search, k)`` (None: ``max(default_ef(count), 2k)``)."""
-    return max(default_ef(count), 2 * k) if ef_search is None else max(ef_search, k)
 
 
 class UsearchEngine(Engine):

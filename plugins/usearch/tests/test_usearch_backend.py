@@ -10,6 +10,7 @@ from rechub_serving_usearch import UsearchBackend
 from usearch.index import Index
 
 from rechub_serving import Builder, InvalidInputError, InvalidParameterError, NotAnIndexError, UnsupportedOperation
+from rechub_serving.graph import search_width
 from rechub_serving.testing import BackendConformance, clustered_data, reference_topk
 
 
@@ -229,12 +230,13 @@ def test_cosine_runs_as_inner_product_on_f32_unit_vectors(dtype, kind):
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]) >= 0.9
 
 
-def test_the_default_search_width_grows_with_the_catalogue():
-    """128 up to 100,000 vectors, doubled per tenfold more (recall@10 0.88 -> 0.96 at 1,000,000)."""
-    from rechub_serving_usearch._backend import default_ef, search_width
+def test_each_search_takes_its_width_from_the_shared_graph_rule(monkeypatch):
+    """The width comes from rechub_serving.graph.search_width, with the call's ef_search and the count."""
+    from rechub_serving_usearch import _backend
 
-    assert default_ef(1_000) == default_ef(100_000) == 128
-    assert default_ef(1_000_000) == 256 and default_ef(10_000_000) == 512
-    assert 128 < default_ef(300_000) < 256
-    assert search_width(None, 10, 1_000_000) == 256 and search_width(None, 200, 1_000) == 400
-    assert search_width(16, 10, 1_000_000) == 16 and search_width(4, 10, 1_000) == 10
+    seen = []
+    monkeypatch.setattr(_backend, "search_width", lambda *a: seen.append(a) or search_width(*a))
+    with Builder(UsearchBackend).from_embeddings(np.random.default_rng(0).normal(size=(50, 8))) as index:
+        index.query(np.zeros((1, 8)), 5)
+        index.query(np.zeros((1, 8)), 5, ef_search=7)
+    assert seen == [(None, 5, 50), (7, 5, 50)]

@@ -29,7 +29,6 @@ cosine    ``Cosine``: ``1 - cos``                ``ONE_MINUS_IP``
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,13 +52,12 @@ from rechub_serving import (
     Param,
     RawDistance,
 )
+from rechub_serving.graph import DEFAULT_EF_SEARCH, SCALE_FROM, search_width
 
 __all__ = ["VoyagerBackend", "VoyagerEngine"]
 
 INDEX_FILE = "index.voyager"
 DEFAULT_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_DTYPE = 16, 200, "float32"
-DEFAULT_EF_SEARCH = 128  # recall@10 >= 0.95 at 100,000 x 64 on every metric (docs/backends/voyager.md)
-SCALE_FROM = 100_000  # above it the default doubles per tenfold more vectors (256 at 1,000,000: 0.956-0.960)
 SPACES = {
     Metric.L2: voyager.Space.Euclidean,
     Metric.IP: voyager.Space.InnerProduct,
@@ -73,22 +71,6 @@ STORAGE = {
 }
 LIMITS = {"float8": 1.0, "e4m3": 448.0}  # the values each 8-bit storage can hold
 _FOUND = re.compile(r"only found (\d+) of")  # RecallError's message
-
-
-def default_ef(count: int) -> int:
-    """The default search width over ``count`` vectors: 128 up to 100,000, doubled per tenfold more.
-
-    Measured on clustered 64-d data (docs/benchmarks/engines.md): a fixed 128 gives recall@10 0.88
-    at 1,000,000 vectors, 256 gives 0.96.
-    """
-    if count <= SCALE_FROM:
-        return DEFAULT_EF_SEARCH
-    return round(DEFAULT_EF_SEARCH * 2 ** math.log10(count / SCALE_FROM))
-
-
-def search_width(ef_search: int | None, k: int, count: int) -> int:
-    """The ``query_ef`` of a query with ``k`` results: ``max(ef_search, k)`` (None: ``max(default_ef(count), 2k)``)."""
-    return max(default_ef(count), 2 * k) if ef_search is None else max(ef_search, k)
 
 
 def _check_range(vectors: np.ndarray, dtype: str, what: str = "vectors") -> None:

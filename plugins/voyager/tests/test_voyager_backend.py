@@ -8,6 +8,7 @@ import voyager
 from rechub_serving_voyager import VoyagerBackend
 
 from rechub_serving import Builder, InvalidInputError, NotAnIndexError
+from rechub_serving.graph import search_width
 from rechub_serving.testing import BackendConformance, clustered_data, reference_topk
 
 
@@ -200,12 +201,13 @@ def test_an_adopted_file_keeps_its_own_graph_and_storage_through_a_save(tmp_path
         np.testing.assert_array_equal(loaded.query(queries, 10).indices, before.indices)
 
 
-def test_the_default_search_width_grows_with_the_catalogue():
-    """128 up to 100,000 vectors, doubled per tenfold more (recall@10 0.88 -> 0.96 at 1,000,000)."""
-    from rechub_serving_voyager._backend import default_ef, search_width
+def test_each_search_takes_its_width_from_the_shared_graph_rule(monkeypatch):
+    """The width comes from rechub_serving.graph.search_width, with the call's ef_search and the count."""
+    from rechub_serving_voyager import _backend
 
-    assert default_ef(1_000) == default_ef(100_000) == 128
-    assert default_ef(1_000_000) == 256 and default_ef(10_000_000) == 512
-    assert 128 < default_ef(300_000) < 256
-    assert search_width(None, 10, 1_000_000) == 256 and search_width(None, 200, 1_000) == 400
-    assert search_width(16, 10, 1_000_000) == 16 and search_width(4, 10, 1_000) == 10
+    seen = []
+    monkeypatch.setattr(_backend, "search_width", lambda *a: seen.append(a) or search_width(*a))
+    with Builder(VoyagerBackend).from_embeddings(np.random.default_rng(0).normal(size=(50, 8))) as index:
+        index.query(np.zeros((1, 8)), 5)
+        index.query(np.zeros((1, 8)), 5, ef_search=7)
+    assert seen == [(None, 5, 50), (7, 5, 50)]
