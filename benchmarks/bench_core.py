@@ -6,8 +6,9 @@
 
 Writes docs/benchmarks/core.md. faiss is a benchmark-only dependency here.
 Both sides run with the threads the process has: faiss's OpenMP threads, and
-numpy's BLAS threads plus ``exact_search``'s selection threads (all usable
-cores by default); the page records all three. The comparison is run again in
+numpy's BLAS threads plus ``exact_search``'s selection threads (one by
+default: the page measures one against every usable core); the page records
+all three. The comparison is run again in
 a child process held to one core, every library at one thread.
 """
 
@@ -61,7 +62,7 @@ def threads_line() -> str:
     faiss_libs = os.path.join(os.path.dirname(os.path.dirname(faiss.__file__)), "faiss_cpu.libs", "libopenblas*")
     return (
         f"faiss: OpenMP {faiss.omp_get_max_threads()} threads, {blas_info(faiss_libs, 'openblas_')}; "
-        f"numpy: {numpy_blas}; exact_search selection {_exact.default_threads()} threads"
+        f"numpy: {numpy_blas}; exact_search selection {_exact.DEFAULT_THREADS} threads"
     )
 
 
@@ -114,6 +115,28 @@ def bench_vs_faiss(n: int, dim: int, n_queries: int, k: int, pairs: int) -> tupl
             )
         index.close()
     return rows, raw_lines
+
+
+def bench_selection_threads(n: int, dim: int, batches: tuple[int, ...], k: int, pairs: int) -> list[list[object]]:
+    """``exact_search`` with one selection thread against every usable core, per batch size, interleaved."""
+    items = clustered_data(n, dim, seed=0)
+    cores = _exact.default_threads()
+    rows = []
+    for batch in batches:
+        queries = clustered_data(batch, dim, seed=1, centres_seed=0)
+        times: dict[int, list[float]] = {1: [], cores: []}
+        repeats = pairs if batch >= 100 else 5 * pairs  # small calls: short and noisy
+        for threads in times:  # warm-up: the pool's threads, caches
+            _exact.exact_search(items, queries, k, Metric.IP, threads=threads)
+        for i in range(repeats):
+            for threads in list(times) if i % 2 == 0 else list(reversed(times)):
+                start = time.perf_counter()
+                _exact.exact_search(items, queries, k, Metric.IP, threads=threads)
+                times[threads].append(time.perf_counter() - start)
+        ratio = [m / o for m, o in zip(times[cores], times[1])]
+        rows.append([batch, cores, f"{statistics.median(times[1]) * 1e3:.2f}",
+                     f"{statistics.median(times[cores]) * 1e3:.2f}", spread(ratio)])  # fmt: skip
+    return rows
 
 
 def one_core_run(args: argparse.Namespace) -> dict[str, object]:
@@ -198,6 +221,7 @@ def main() -> None:
         speed += one["rows"]
         raw_lines += one["raw"]
         print("\n".join(one["raw"]))
+    selection = bench_selection_threads(n, 64, (1, 8, 64, nq), 10, args.pairs)
     memory = bench_memory(big, 64, nq, 10)
     import_s, heavy = bench_import(5)
     raw_text = "\n".join(f"- {line}" for line in raw_lines)
@@ -230,6 +254,26 @@ OpenMP loops slow down far more than numpy when other jobs share the cores. Comp
 first when a rerun differs by more than the spread.
 
 {HISTORY}
+
+## Selection threads
+
+`exact_search` alone on the same {n:,} x 64 items (ip, k = 10, numpy's BLAS threads as above),
+with one selection thread (the default) and with every usable core, interleaved run by run;
+the ratio is taken run by run. Batches of 8 are what `rechub-index serve` makes at 8 clients.
+
+{markdown_table(["queries per call", "cores", "1 thread ms", "every core ms", "every core / 1 thread (x)"], selection)}
+
+A ratio above 1 means the second thread slows the call down: the selection is many small
+numpy calls per block, and threads that take turns at the GIL, each chunk paying its own ramp
+of partial sorts and merges, cost more than they split. Hence the default of one thread;
+`threads=` (the numpy backend's runtime parameter) is there for machines with many cores,
+where large batches may gain: measure with this script before setting it.
+
+Until this was measured the default was every core, with row chunks of at least 2^17 scores:
+a batch of 8 queries over 100,000 items split into six chunks of 1-2 rows and took about twice
+the one-thread time (9.2 vs 20.7 ms with one BLAS thread, 5.6 vs 10.3 ms with two; 15
+interleaved runs each, 2026-11-30), which the serving benchmark's numpy rows paid on every
+micro-batch. Chunks now hold at least 2^20 scores, so that a batch of 8 stays in one.
 
 ## Peak extra memory of one query batch
 

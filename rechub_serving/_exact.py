@@ -14,7 +14,10 @@ pool (numpy releases the GIL in these loops):
 * the few candidates are merged into the running top-k, which stays sorted.
 
 The selection is therefore about one comparison per score instead of a partial
-sort per score, and runs on every core. Order: best first, equal scores by row
+sort per score. It runs on the caller's thread unless ``threads`` asks for
+more: on the 2-core machine of docs/benchmarks/core.md a second selection
+thread made every batch size slower (numpy's small calls contend for the GIL),
+twice as slow for the 8-query batches a server makes. Order: best first, equal scores by row
 position (blocks come in position order and every merge keeps that order), the
 same for any number of threads or block size. When k is of the order of the
 number of items, whole rows are sorted instead.
@@ -33,14 +36,18 @@ import numpy as np
 from ._errors import InvalidParameterError
 from ._metrics import Metric
 
-__all__ = ["default_threads", "exact_search"]
+__all__ = ["DEFAULT_THREADS", "default_threads", "exact_search"]
 
 # Bytes of temporary memory per score of a block: the float32 score, its
 # candidate mask, and for rows that need a partial sort their float32 copy and
 # one more comparison. The running top-k comes on top (12 bytes per result).
 _BYTES_PER_SCORE = 10
-# Below this many scores in a block, threads cost more than they save.
-_MIN_SCORES_PER_THREAD = 1 << 17
+#: Selection threads when none are given (measured: see the module docstring).
+DEFAULT_THREADS = 1
+# Scores per row chunk at the least when threads > 1: each chunk pays the fixed
+# cost of its own ramp of partial sorts and merges (8 queries x 100,000 items
+# in 1.3-row chunks took twice as long as in one).
+_MIN_SCORES_PER_THREAD = 1 << 20
 # Scores in one slice of a block that the selection goes through while it is in cache.
 _CACHE_SCORES = 1 << 16
 
@@ -50,7 +57,7 @@ _pool_lock = threading.Lock()
 
 
 def default_threads() -> int:
-    """The cores this process may run on: the default number of selection threads."""
+    """The cores this process may run on: the size of the selection thread pool."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -91,14 +98,15 @@ def exact_search(
     differ by less than its rounding show the same distance, in score order.
 
     ``block_bytes`` bounds the temporary memory (about that much, plus the
-    results). ``threads`` is the number of threads of the selection (default:
-    every usable core; the caller's thread is one of them); the matrix product
-    runs in BLAS's own threads.
+    results). ``threads`` is the number of threads of the selection (default
+    1, the caller's; more are worth trying only on many cores with large
+    batches, see docs/benchmarks/core.md); the matrix product runs in BLAS's
+    own threads.
     """
     if threads is None:
-        threads = default_threads()
+        threads = DEFAULT_THREADS
     elif isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise InvalidParameterError(f"threads must be a whole number >= 1, got {threads!r}; omit it to use every core")
+        raise InvalidParameterError(f"threads must be a whole number >= 1, got {threads!r}; omit it for one")
     items = np.asarray(items, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
     n_items, n_q = len(items), len(queries)

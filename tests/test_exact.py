@@ -230,8 +230,9 @@ def test_threads_give_identical_results(metric, block_bytes, many_chunks):
 
 
 def test_threads_on_the_default_size_path():
-    """Without forcing chunks: a block large enough to be split by the default rule."""
-    items, queries = real_data(20_000, 64, 8, seed=9, metric=Metric.L2)
+    """Without forcing chunks: a block large enough to be split by the default rule (2 chunks)."""
+    items, queries = real_data(40_000, 64, 8, seed=9, metric=Metric.L2)
+    assert 64 * 40_000 // _exact._MIN_SCORES_PER_THREAD == 2
     one = exact_search(items, queries, 10, Metric.L2, threads=1)
     two = exact_search(items, queries, 10, Metric.L2, threads=2)
     np.testing.assert_array_equal(one[0], two[0])
@@ -262,6 +263,18 @@ def test_bad_thread_counts_are_refused(threads):
 def test_default_threads_is_the_usable_cores():
     assert _exact.default_threads() >= 1
     assert _exact._get_pool()._max_workers == _exact.default_threads()
+
+
+def test_by_default_the_selection_runs_on_the_callers_thread_alone(monkeypatch):
+    """A second thread made every batch slower on 2 cores (docs/benchmarks/core.md): none by default."""
+    items, queries = real_data(40_000, 64, 8, seed=9, metric=Metric.IP)
+
+    def no_pool():
+        raise AssertionError("the default selection asked for the thread pool")
+
+    monkeypatch.setattr(_exact, "_get_pool", no_pool)
+    assert_close(exact_search(items, queries, 10, Metric.IP), brute_force(items, queries, 10, Metric.IP), items,
+                 queries, Metric.IP)  # fmt: skip
 
 
 def test_empty_results():
