@@ -139,6 +139,34 @@ def bench_selection_threads(n: int, dim: int, batches: tuple[int, ...], k: int, 
     return rows
 
 
+def bench_few_queries(n: int, dim: int, batches: tuple[int, ...], pairs: int) -> list[list[object]]:
+    """The score product of a few queries: one ``q @ items.T`` against item chunks, at 1 and every BLAS thread."""
+    from rechub_serving.serve.threads import limit_compute_threads
+
+    items = clustered_data(n, dim, seed=0)
+    cores = _exact.default_threads()
+    rows = []
+    for blas in (1, cores):
+        limit_compute_threads(blas)
+        for batch in batches:
+            queries = clustered_data(batch, dim, seed=1, centres_seed=0)
+            runs = {
+                "direct": lambda q=queries: q @ items.T,
+                "chunks": lambda q=queries: _exact._scores_by_chunks(q, items),
+            }
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            for i in range(5 * pairs):
+                for name in list(runs) if i % 2 == 0 else list(reversed(runs)):
+                    start = time.perf_counter()
+                    runs[name]()
+                    times[name].append(time.perf_counter() - start)
+            ratio = [d / c for d, c in zip(times["direct"], times["chunks"])]
+            used = "chunks" if 2 <= batch <= _exact._FEW_QUERIES else "direct"
+            rows.append([blas, batch, f"{statistics.median(times['direct']) * 1e3:.2f}",
+                         f"{statistics.median(times['chunks']) * 1e3:.2f}", spread(ratio), used])  # fmt: skip
+    return rows
+
+
 def one_core_run(args: argparse.Namespace) -> dict[str, object]:
     """The same comparison in a child process held to one core, every library at one thread."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -222,6 +250,7 @@ def main() -> None:
         raw_lines += one["raw"]
         print("\n".join(one["raw"]))
     selection = bench_selection_threads(n, 64, (1, 8, 64, nq), 10, args.pairs)
+    few = bench_few_queries(n, 64, (2, 4, 8, 12, 16, 32), args.pairs)
     memory = bench_memory(big, 64, nq, 10)
     import_s, heavy = bench_import(5)
     raw_text = "\n".join(f"- {line}" for line in raw_lines)
@@ -274,6 +303,17 @@ a batch of 8 queries over 100,000 items split into six chunks of 1-2 rows and to
 the one-thread time (9.2 vs 20.7 ms with one BLAS thread, 5.6 vs 10.3 ms with two; 15
 interleaved runs each, 2026-11-30), which the serving benchmark's numpy rows paid on every
 micro-batch. Chunks now hold at least 2^20 scores, so that a batch of 8 stays in one.
+
+## Scores of a few queries
+
+The score product of one block, {n:,} x 64 items, at one BLAS thread (as `rechub-index serve` runs) and at
+every core: one
+`q @ items.T` against `exact_search`'s item chunks (4,096 items at a time, `items @ q.T`,
+transposed while in cache), interleaved, {5 * args.pairs} runs each; the ratio is taken run by
+run. OpenBLAS's kernel for a few rows times a long transposed matrix is the slow one; with
+every BLAS thread 16 queries are even and 32 slower in chunks, so the chunks serve 2 to 12 queries.
+
+{markdown_table(["BLAS threads", "queries", "q @ items.T ms", "item chunks ms", "direct / chunks (x)", "exact_search uses"], few)}
 
 ## Peak extra memory of one query batch
 

@@ -48,6 +48,9 @@ DEFAULT_THREADS = 1
 # cost of its own ramp of partial sorts and merges (8 queries x 100,000 items
 # in 1.3-row chunks took twice as long as in one).
 _MIN_SCORES_PER_THREAD = 1 << 20
+# Query batches that _scores computes by item chunks, and the rows of one chunk.
+_FEW_QUERIES = 12
+_ITEM_CHUNK = 4096
 # Scores in one slice of a block that the selection goes through while it is in cache.
 _CACHE_SCORES = 1 << 16
 
@@ -151,7 +154,7 @@ def _blocked_topk(items, scaled, k, item_norms, excluded_cols, block_bytes, thre
         best_key, best_pos = out_key[qs : qs + len(q)], out_pos[qs : qs + len(q)]  # views, updated in place
         banned = _banned_pairs(excluded_cols, qs, len(q))
         for start in range(0, n_items, i_block):
-            key = q @ items[start : start + i_block].T
+            key = _scores(q, items[start : start + i_block])
             if banned is not None:
                 _ban(key, banned, start)
             norms = item_norms[start : start + key.shape[1]] if item_norms is not None else None
@@ -160,6 +163,32 @@ def _blocked_topk(items, scaled, k, item_norms, excluded_cols, block_bytes, thre
             _select_in_chunks(key, norms, best_key, best_pos, start, k, threads, first)
             del key
     return out_pos, out_key
+
+
+def _scores(q: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``q @ items.T`` (float32, C order); for a few queries, in item chunks of ``items @ q.T``.
+
+    OpenBLAS multiplies 2-12 query rows by a long transposed item matrix
+    1.3-2.2x slower at one BLAS thread (as ``rechub-index serve`` runs), and
+    1.2-1.3x at two, than it multiplies item chunks by the queries' columns,
+    each chunk transposed into place while in cache (100,000 x 64,
+    docs/benchmarks/core.md). One query goes to BLAS's matrix-vector product.
+    """
+    if not 2 <= len(q) <= _FEW_QUERIES:
+        return q @ items.T
+    return _scores_by_chunks(q, items)
+
+
+def _scores_by_chunks(q: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``q @ items.T`` computed as chunks of ``items @ q.T``, each transposed into place."""
+    key = np.empty((len(q), len(items)), np.float32)
+    q_t = np.ascontiguousarray(q.T)
+    part = np.empty((min(_ITEM_CHUNK, len(items)), len(q)), np.float32)
+    for a in range(0, len(items), _ITEM_CHUNK):
+        n = min(_ITEM_CHUNK, len(items) - a)
+        np.matmul(items[a : a + n], q_t, out=part[:n])
+        key[:, a : a + n] = part[:n].T
+    return key
 
 
 def _select_in_chunks(key, norms, best_key, best_pos, start, k, threads, first) -> None:

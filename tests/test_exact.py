@@ -336,3 +336,14 @@ def test_other_dtypes_are_converted():
     want = exact_search(items, queries, 10, Metric.L2)
     got = exact_search(items.astype(np.float64), queries.astype(np.int64), 10, Metric.L2)
     assert_same(got, want)
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+@pytest.mark.parametrize("n_queries", [1, 2, 7, 12, 13])
+def test_few_query_batches_scored_by_item_chunks(metric, n_queries):
+    """2-12 queries are scored chunk by chunk of items (the last chunk partial): the same answer."""
+    items, queries = real_data(3 * _exact._ITEM_CHUNK + 5, n_queries, 16, seed=n_queries, metric=metric)
+    np.testing.assert_allclose(_exact._scores(queries, items), queries @ items.T, rtol=1e-5, atol=1e-4)
+    assert _exact._scores(queries, items).flags.c_contiguous
+    got = exact_search(items, queries, 10, metric)
+    assert_close(got, brute_force(items, queries, 10, metric), items, queries, metric)
