@@ -307,43 +307,23 @@ def _cap_at_kth(key, mask, heavy, k) -> None:
 def _merge(best_key, best_pos, r, ck, cp, k) -> None:
     """Insert candidates (row r, key ck, position cp) into the sorted running top-k, in place.
 
-    Every candidate's position is above every kept one (blocks come in
-    position order), so on equal keys the kept entries stay first and the
-    candidates keep their own (position) order.
+    The rows hit are re-sorted whole, kept entries and candidates together, by
+    (row, key, position): equal keys stay in position order, and as every
+    candidate's position is above every kept one (blocks come in position
+    order), kept entries stay before candidates. Empty slots (+inf, position
+    -1) sort last, as no candidate is +inf or NaN. One ``lexsort`` of a few
+    hundred entries costs half of an insertion by ranks in numpy calls.
     """
-    rows_hit = np.unique(r)
-    local = np.searchsorted(rows_hit, r)  # candidate row -> 0..m-1
+    rows_hit, local, counts = np.unique(r, return_inverse=True, return_counts=True)
     m = len(rows_hit)
-    old_key, old_pos = best_key[rows_hit], best_pos[rows_hit]
-    # Sort candidates by (row, key), stable, then rank each against its row's kept keys.
-    cand = _composite(local, ck)
-    order = np.argsort(cand, kind="stable")
-    cand, local, ck, cp = cand[order], local[order], ck[order], cp[order]
-    kept = _composite(np.repeat(np.arange(m), k), old_key.ravel())
-    rank = np.searchsorted(kept, cand, side="right") - local * k  # kept entries before it, 0..k
-    first = np.searchsorted(local, np.arange(m))
-    slot = rank + np.arange(len(cand)) - first[local]  # its place in the merged row
-    # Each kept entry moves down by the number of candidates ranked at or before it.
-    moved = np.bincount(local * (k + 1) + rank, minlength=m * (k + 1)).reshape(m, k + 1)
-    kept_slot = np.arange(k) + np.cumsum(moved, axis=1)[:, :k]
-    new_key = np.empty_like(old_key)
-    new_pos = np.empty_like(old_pos)
-    keep = kept_slot < k
-    kr = np.broadcast_to(np.arange(m)[:, None], (m, k))[keep]
-    new_key[kr, kept_slot[keep]] = old_key[keep]
-    new_pos[kr, kept_slot[keep]] = old_pos[keep]
-    take = slot < k
-    new_key[local[take], slot[take]] = ck[take]
-    new_pos[local[take], slot[take]] = cp[take]
-    best_key[rows_hit] = new_key
-    best_pos[rows_hit] = new_pos
-
-
-def _composite(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """uint64 keys that sort like (row, float key): the float's bits made order-preserving."""
-    bits = (keys + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0
-    flipped = np.where((bits >> 31).astype(bool), ~bits, bits | np.uint32(0x80000000))
-    return (rows.astype(np.uint64) << np.uint64(32)) | flipped.astype(np.uint64)
+    keys = np.concatenate([best_key[rows_hit].ravel(), ck])
+    pos = np.concatenate([best_pos[rows_hit].ravel(), cp])
+    row = np.concatenate([np.repeat(np.arange(m), k), local])
+    order = np.lexsort((pos, keys, row))  # np.lexsort orders -0.0 and 0.0 as equal
+    sizes = counts + k
+    take = order[((np.cumsum(sizes) - sizes)[:, None] + np.arange(k)).ravel()]  # the k first of each row
+    best_key[rows_hit] = keys[take].reshape(m, k)
+    best_pos[rows_hit] = pos[take].reshape(m, k)
 
 
 def _full_sort(items, scaled, k, item_norms, excluded_cols, block_bytes):

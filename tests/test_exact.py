@@ -320,15 +320,16 @@ def test_nan_items_are_never_returned(block_bytes):
         assert (pos[:, 10:] == -1).all()
 
 
-def test_composite_keys_sort_like_row_then_float():
-    """The merge's integer keys order (row, key) as floats compare: -0.0 equals 0.0, inf last."""
-    keys = np.array([3.5, -0.0, 0.0, -np.inf, np.inf, -7.25, 1e-45, -1e-45, 0.0, 2.0], np.float32)
-    rows = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
-    comp = _exact._composite(rows, keys)
-    want = np.lexsort((keys, rows))
-    np.testing.assert_array_equal(np.argsort(comp, kind="stable"), want)
-    assert comp[1] == comp[2]
-    assert len(set(comp[[0, 3, 4]].tolist())) == 3
+def test_the_merge_orders_ties_by_position_and_minus_zero_as_zero():
+    """Kept entries before candidates on equal keys, -0.0 equal to 0.0, empty slots (+inf, -1) last."""
+    best_key = np.array([[-0.0, 1.0, np.inf, np.inf], [0.5, 0.5, 0.5, 0.5]], np.float32)
+    best_pos = np.array([[4, 9, -1, -1], [1, 2, 3, 5]])
+    r = np.array([0, 0, 0, 1, 1])
+    ck = np.array([0.0, 1.0, -2.0, 0.5, 0.25], np.float32)
+    cp = np.array([10, 11, 12, 10, 11])
+    _exact._merge(best_key, best_pos, r, ck, cp, 4)
+    np.testing.assert_array_equal(best_pos, [[12, 4, 10, 9], [11, 1, 2, 3]])
+    np.testing.assert_array_equal(best_key, np.array([[-2.0, 0.0, 0.0, 1.0], [0.25, 0.5, 0.5, 0.5]], np.float32))
 
 
 def test_other_dtypes_are_converted():
