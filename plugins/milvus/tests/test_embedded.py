@@ -204,7 +204,7 @@ def test_two_processes_build_and_query_at_the_same_time_with_the_defaults(root, 
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_cli_build_stops_fast_and_leaves_nothing(root, tmp_path):
-    np.save(tmp_path / "items.npy", clustered_data(150_000, 32, seed=0))
+    np.save(tmp_path / "items.npy", clustered_data(400_000, 32, seed=0))  # far longer than the wait below
     cmd = [sys.executable, "-m", "rechub_serving.cli", "build", str(tmp_path / "items.npy")]
     proc = subprocess.Popen(
         [*cmd, "-o", str(tmp_path / "idx"), "-b", "milvus"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -224,7 +224,7 @@ def test_ctrl_c_during_a_cli_build_stops_fast_and_leaves_nothing(root, tmp_path)
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_a_build_stops_fast_and_leaves_nothing(root, signum):
-    child = Child("build", "--n", "150000", "--dim", "32")
+    child = Child("build", "--n", "400000", "--dim", "32")  # far longer than the wait below
     child.wait_for("building")
     assert wait_until(lambda: len(entries(root)) == 1, 60)
     time.sleep(6)  # inserting, flushing or indexing by now
