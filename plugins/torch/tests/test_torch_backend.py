@@ -120,3 +120,20 @@ def test_cuda_round_trip(tmp_path):
         index.save(tmp_path / "idx")
     with builder_factory("torch", device="cuda").from_index_file(tmp_path / "idx") as loaded:
         assert loaded.query(q, 10).indices.tolist() == res.indices.tolist()
+
+
+def test_registering_the_plugin_does_not_import_torch():
+    """Any builder_factory call loads every plugin: torch (1.8 s, ~200 MiB) waits until a torch index is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rechub_serving as rs\n"
+        "rs.builder_factory('numpy')\n"
+        "assert 'torch' in [b.name for b in rs.list_backends()]\n"
+        "print('torch' in sys.modules)\n"
+        "rs.builder_factory('torch')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
