@@ -81,7 +81,7 @@ class RssSampler:
 
 def overhead(index: Any, queries: np.ndarray, repeats: int) -> dict[str, float] | None:
     """Median seconds of raw faiss vs the SDK on the same faiss object, interleaved; None if not reachable."""
-    raw = getattr(index, "_index", None)  # the faiss object the plugin searches (not public API)
+    raw = getattr(index.engine, "index", None)  # the faiss CPU index the plugin searches (FaissEngine.index)
     if raw is None or not hasattr(raw, "search"):
         return None
     raw.search(queries[:10], K)
@@ -122,7 +122,7 @@ def measure(
         sdk_s = over["sdk"] if over else statistics.median(_times(lambda: index.query(queries, K), args.repeats))
         row = [
             name,
-            ", ".join(f"{k}={v}" for k, v in resolved.items()),
+            ", ".join(f"{k}={v}" for k, v in resolved.items()) or "(defaults)",
             f"{build_s:.1f}",
             f"{len(queries) / sdk_s:,.0f}",
             f"{recall:.3f}",
