@@ -89,4 +89,4 @@ class TorchBackend(Backend):
     def load(self, files: EngineFiles, config: BackendConfig) -> TorchEngine:
         from ._engine import load_engine
 
-        return load_engine(files, files.meta, config["device"], config.metric)
+        return load_engine(files, config["device"], config.metric)

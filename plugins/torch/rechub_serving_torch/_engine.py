@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rechub_serving import Engine, IndexFormatError, Metric, RawDistance
+from rechub_serving import Engine, EngineFiles, IndexFormatError, Metric, RawDistance
+
+from ._backend import DTYPE_NAMES
 
 __all__ = ["DTYPES", "TorchEngine", "build_engine", "check_device", "load_engine"]
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 class TorchEngine(Engine):
@@ -155,14 +157,15 @@ def build_engine(vectors: np.ndarray, device: str, dtype: str, metric: Metric) -
     return TorchEngine(stored, labels, metric)
 
 
-def load_engine(directory: Any, meta: Mapping[str, Any], device: str, metric: Metric) -> TorchEngine:
-    """The engine saved by :meth:`TorchEngine.save` (``directory.path(name)`` gives its files)."""
-    raw = np.load(directory.path("vectors.npy"), allow_pickle=False)
-    labels = np.load(directory.path("labels.npy"), allow_pickle=False)
-    dtype = meta.get("dtype", "float32")
+def load_engine(files: EngineFiles, device: str, metric: Metric) -> TorchEngine:
+    """The engine :meth:`TorchEngine.save` wrote, on ``device``."""
+    raw = np.load(files.path("vectors.npy"), allow_pickle=False)
+    labels = np.load(files.path("labels.npy"), allow_pickle=False)
+    dtype = files.meta.get("dtype", "float32")
     if dtype not in DTYPES or raw.ndim != 2 or labels.ndim != 1 or len(labels) != len(raw):
         raise IndexFormatError(f"torch: saved vectors {raw.dtype} {raw.shape} / labels {labels.shape} do not fit")
     tensor = torch.from_numpy(raw)
     tensor = tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor.to(DTYPES[dtype])
-    engine_labels = torch.from_numpy(labels.astype(np.int64)).to(torch.device(device))
-    return TorchEngine(tensor.to(torch.device(device)).contiguous(), engine_labels, metric)
+    where = torch.device(device)
+    engine_labels = torch.from_numpy(labels.astype(np.int64)).to(where)
+    return TorchEngine(tensor.to(where).contiguous(), engine_labels, metric)
